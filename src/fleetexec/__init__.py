@@ -1,0 +1,1 @@
+"""fleetexec: run a command across a fleet of servers over SSH, in parallel."""

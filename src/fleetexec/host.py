@@ -1,0 +1,124 @@
+"""The `Host` record and the rules for what a host name, user and port may be.
+
+Everything that names a host (inventory, `--hosts`, the Python API) ends up
+here, so a name that could be read as an option (`-oProxyCommand=…`) or that
+carries shell metacharacters or control characters is refused in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Host", "check_hostname", "check_user", "parse_target"]
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One host to run on, with its effective connection settings.
+
+    `name` is how the host is shown and selected; `address` is where to
+    connect (defaults to `name`). `None` timeouts mean "use the run's
+    default". Key files are paths; no secret is ever stored in a `Host`.
+
+    >>> Host("web1", port=2222, user="deploy").known_hosts_name
+    '[web1]:2222'
+    """
+
+    name: str
+    address: str = ""
+    port: int = 22
+    user: str | None = None
+    key_files: tuple[str, ...] = ()
+    connect_timeout: float | None = None
+    command_timeout: float | None = None
+    known_hosts_file: str | None = None
+    groups: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        check_hostname(self.name)
+        if not self.address:
+            object.__setattr__(self, "address", self.name)
+        else:
+            check_hostname(self.address)
+        if self.user is not None:
+            check_user(self.user)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+            1 <= self.port <= 65535
+        ):
+            raise ValueError(f"port must be an integer 1-65535, got {self.port!r}")
+        for name in ("connect_timeout", "command_timeout"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name this host's key is stored under in known_hosts (`[addr]:port` off 22)."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+
+def check_hostname(name: object) -> str:
+    """Return `name` if it is a DNS name or an IP literal, else raise `ValueError`.
+
+    Refuses what could turn into an ssh option or a shell word: a leading `-`,
+    whitespace, control characters, metacharacters, non-ASCII.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"host name must be a non-empty string, got {name!r}")
+    candidate = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ipaddress.ip_address(candidate)
+        return name
+    except ValueError:
+        pass
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"not a valid host name or IP address: {name!r}")
+    return name
+
+
+def check_user(user: object) -> str:
+    """Return `user` if it is a POSIX-style login name, else raise `ValueError`."""
+    if not isinstance(user, str) or not _USER.match(user):
+        raise ValueError(f"not a valid user name: {user!r}")
+    return user
+
+
+def parse_target(target: str) -> tuple[str | None, str, int | None]:
+    """Split `user@host:port` (user and port optional; `[v6]:port` for IPv6).
+
+    >>> parse_target("deploy@web1:2222")
+    ('deploy', 'web1', 2222)
+    """
+    user: str | None = None
+    if "@" in target:
+        user, target = target.rsplit("@", 1)
+        check_user(user)
+    port: int | None = None
+    if target.startswith("["):
+        end = target.find("]")
+        if end < 0:
+            raise ValueError(f"unbalanced '[' in {target!r}")
+        host, rest = target[1:end], target[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"unexpected text after ']' in {target!r}")
+            port = _port(rest[1:], target)
+    elif target.count(":") == 1:
+        host, port_text = target.split(":")
+        port = _port(port_text, target)
+    else:
+        host = target
+    check_hostname(host)
+    return user, host, port
+
+
+def _port(text: str, target: str) -> int:
+    if not text.isdigit() or not (1 <= int(text) <= 65535) or text.startswith("0"):
+        raise ValueError(f"bad port {text!r} in {target!r}: expected 1-65535")
+    return int(text)
