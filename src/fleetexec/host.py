@@ -15,6 +15,8 @@ __all__ = ["Host", "check_hostname", "check_user", "parse_target"]
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+# An IPv6 zone (`fe80::1%eth0`) is free text to `ipaddress`; allow interface-name characters only.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,8 @@ class Host:
             raise ValueError(f"port must be an integer 1-65535, got {self.port!r}")
         for name in ("connect_timeout", "command_timeout"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value < 0):
+            # `not value >= 0` rather than `value < 0`: NaN compares false both ways.
+            if value is not None and (isinstance(value, bool) or not value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     @property
@@ -73,18 +76,23 @@ def check_hostname(name: object) -> str:
     candidate = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     try:
         ipaddress.ip_address(candidate)
-        return name
     except ValueError:
         pass
+    else:
+        zone = candidate.partition("%")[2]
+        if zone and not _ZONE.fullmatch(zone):
+            raise ValueError(f"not a valid host name or IP address: {name!r}")
+        return name
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    # fullmatch, not match: `$` also matches before a trailing newline.
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"not a valid host name or IP address: {name!r}")
     return name
 
 
 def check_user(user: object) -> str:
     """Return `user` if it is a POSIX-style login name, else raise `ValueError`."""
-    if not isinstance(user, str) or not _USER.match(user):
+    if not isinstance(user, str) or not _USER.fullmatch(user):
         raise ValueError(f"not a valid user name: {user!r}")
     return user
 
@@ -119,6 +127,9 @@ def parse_target(target: str) -> tuple[str | None, str, int | None]:
 
 
 def _port(text: str, target: str) -> int:
-    if not text.isdigit() or not (1 <= int(text) <= 65535) or text.startswith("0"):
+    # ASCII digits only (int() also reads '١٢'), and short enough for int() to accept.
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or text.startswith("0") or not (
+        1 <= int(text) <= 65535
+    ):
         raise ValueError(f"bad port {text!r} in {target!r}: expected 1-65535")
     return int(text)

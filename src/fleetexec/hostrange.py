@@ -12,7 +12,8 @@ from collections.abc import Iterable
 __all__ = ["expand", "fold"]
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
-_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+# At most 9 digits a number: a 5000-digit "number" would make int() itself refuse.
+_PART = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?", re.ASCII)
 _MAX_EXPANSION = 100_000
 
 
@@ -32,8 +33,9 @@ def expand(pattern: str) -> list[str]:
     if "[" in head or "]" in head:
         raise ValueError(f"unbalanced bracket in {pattern!r}")
     names: list[str] = []
+    rests = expand(tail)
     for number in _numbers(match.group(1), pattern):
-        for rest in expand(tail):
+        for rest in rests:
             names.append(f"{head}{number}{rest}")
             if len(names) > _MAX_EXPANSION:
                 raise ValueError(f"{pattern!r} expands to more than {_MAX_EXPANSION} names")
@@ -43,13 +45,16 @@ def expand(pattern: str) -> list[str]:
 def _numbers(body: str, pattern: str) -> list[str]:
     numbers: list[str] = []
     for part in body.split(","):
-        found = _PART.match(part.strip())
+        found = _PART.fullmatch(part.strip())
         if found is None:
-            raise ValueError(f"bad range [{body}] in {pattern!r}: use [1-5], [01-20] or [1,3,7-9]")
+            raise ValueError(
+                f"bad range {f'[{body}]'!r} in {pattern!r}: use [1-5], [01-20] or [1,3,7-9]"
+            )
         first, last = found.group(1), found.group(2) or found.group(1)
         if int(last) < int(first):
-            raise ValueError(f"bad range [{body}] in {pattern!r}: {first} > {last}")
-        if int(last) - int(first) > _MAX_EXPANSION:
+            raise ValueError(f"bad range {f'[{body}]'!r} in {pattern!r}: {first} > {last}")
+        # Count across all parts: `[1-90000,1-90000,…]` must not build a huge list first.
+        if len(numbers) + int(last) - int(first) > _MAX_EXPANSION:
             raise ValueError(f"{pattern!r} expands to more than {_MAX_EXPANSION} names")
         width = len(first) if first.startswith("0") and len(first) > 1 else 0
         numbers.extend(str(n).zfill(width) for n in range(int(first), int(last) + 1))

@@ -1,0 +1,113 @@
+"""`fleetexec.run`: the Python entry point, a thin layer over the executor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Literal
+
+from .exceptions import ConfigError
+from .executor import execute
+from .host import Host
+from .results import FleetResult, OnResult
+from .ssh.options import DEFAULT_KNOWN_HOSTS, Secret, SessionOptions, expand
+
+__all__ = ["HostKeyPolicy", "run"]
+
+HostKeyPolicy = Literal["strict", "accept-new"]
+
+
+def run(
+    hosts: Iterable[Host | str],
+    command: str,
+    *,
+    user: str | None = None,
+    port: int | None = None,
+    key_files: Sequence[str] = (),
+    known_hosts: Sequence[str] = (),
+    system_known_hosts: bool = True,
+    host_key_policy: HostKeyPolicy = "strict",
+    parallel: int | None = None,
+    processes: int | None = None,
+    connect_timeout: float = 10.0,
+    timeout: float = 60.0,
+    max_output: int = 1024 * 1024,
+    use_agent: bool = False,
+    password: str | None = None,
+    passphrase: str | None = None,
+    on_result: OnResult | None = None,
+) -> FleetResult:
+    """Run `command` on every host, in parallel, and return every host's result.
+
+    `hosts` are `Host` records (from `load_inventory(...).select(...)`) or
+    strings such as `"deploy@web[01-20]:2222"`. `user`, `port` and `key_files`
+    apply to hosts that do not set their own. Host keys are checked strictly
+    against `known_hosts` files (plus `~/.ssh/known_hosts` and
+    `/etc/ssh/ssh_known_hosts` unless `system_known_hosts=False`);
+    `host_key_policy="accept-new"` records keys of hosts never seen before in
+    the host's own known_hosts file, else the first of `known_hosts`, else
+    `~/.ssh/known_hosts`, and still refuses changed keys. `connect_timeout`
+    bounds TCP connect + handshake + auth; `timeout` bounds the command from
+    exec (0 = none). `on_result` is called in this process as each host
+    finishes. A failure on a host is a `HostResult`, never an exception.
+
+    >>> result = fleetexec.run(["web1", "web2"], "df -h /", key_files=["~/.ssh/id_ed25519"])
+    >>> for name, r in result.items():
+    ...     print(name, r.status, r.stdout_text)
+    """
+    if not isinstance(command, str) or not command.strip():
+        raise ConfigError("the command is empty")
+    if host_key_policy not in ("strict", "accept-new"):
+        raise ConfigError(f"host_key_policy must be 'strict' or 'accept-new', not {host_key_policy!r}")
+    for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0")
+    if connect_timeout == 0:
+        raise ConfigError("connect_timeout must be > 0")
+    if max_output < 0:
+        raise ConfigError("max_output must be >= 0")
+    resolved = _resolve_hosts(hosts, user, port, key_files)
+    files = (*(DEFAULT_KNOWN_HOSTS if system_known_hosts else ()), *known_hosts)
+    options = SessionOptions(
+        command=command,
+        connect_timeout=connect_timeout,
+        command_timeout=timeout,
+        host_key_policy=host_key_policy,
+        known_hosts_files=tuple(expand(p) for p in files),
+        accept_new_file=expand(known_hosts[0] if known_hosts else "~/.ssh/known_hosts"),
+        use_agent=use_agent,
+        agent_socket=os.environ.get("SSH_AUTH_SOCK") if use_agent else None,
+        password=Secret(password) if password is not None else None,
+        passphrase=Secret(passphrase) if passphrase is not None else None,
+        max_output=max_output,
+        preload_key_files=tuple(dict.fromkeys(p for h in resolved for p in h.key_files)),
+    )
+    return execute(resolved, options, parallel=parallel, processes=processes, on_result=on_result)
+
+
+def _resolve_hosts(
+    hosts: Iterable[Host | str], user: str | None, port: int | None, key_files: Sequence[str],
+) -> list[Host]:
+    """Hosts with defaults filled in and every path absolute (workers have another cwd/HOME)."""
+    from .inventory import hosts_from_targets
+
+    keys = tuple(expand(p) for p in key_files)
+    resolved: list[Host] = []
+    for item in [hosts] if isinstance(hosts, str | Host) else hosts:
+        if isinstance(item, str):
+            found = hosts_from_targets([item])
+            if port is not None:
+                found = [h if ":" in item else replace(h, port=port) for h in found]
+        elif isinstance(item, Host):
+            found = [item]
+        else:
+            raise ConfigError(f"not a host: {item!r}")
+        for host in found:
+            resolved.append(replace(
+                host,
+                user=host.user or user,
+                key_files=tuple(expand(p) for p in host.key_files) or keys,
+                known_hosts_file=expand(host.known_hosts_file) if host.known_hosts_file else None,
+            ))
+    return resolved

@@ -1,0 +1,69 @@
+"""Private keys and the agent: loaded once per worker, offered in a fixed order.
+
+Only keys the user configured (and the agent's, when asked) are offered:
+never `~/.ssh/id_*` by surprise, which would leak identities to hostile hosts
+and burn through a server's MaxAuthTries.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+
+import paramiko
+from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey, Password
+
+from ..exceptions import ConfigError
+from .options import Secret, expand
+
+__all__ = ["FleetAuth", "load_private_key"]
+
+
+def load_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey:
+    """Load one private key file, refusing what OpenSSH would refuse.
+
+    Raises `ConfigError` naming the file (never the passphrase) when it is
+    missing, readable by others, encrypted without a passphrase, or not a key.
+    """
+    full = expand(path)
+    try:
+        info = os.stat(full)
+    except OSError as error:
+        raise ConfigError(f"key file {full}: {error.strerror}") from None
+    if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"key file {full} is accessible by others (mode {stat.S_IMODE(info.st_mode):04o});"
+            " run: chmod 600 " + full
+        )
+    secret = passphrase.reveal() if passphrase else None
+    try:
+        return paramiko.PKey.from_path(full, password=secret)
+    except paramiko.PasswordRequiredException:
+        raise ConfigError(
+            f"key file {full} is encrypted: set FLEETEXEC_PASSPHRASE or use --ask-passphrase"
+        ) from None
+    except (paramiko.SSHException, ValueError, OSError) as error:
+        reason = "wrong passphrase or not a private key" if secret else "not a private key"
+        raise ConfigError(f"key file {full}: {reason} ({type(error).__name__})") from None
+
+
+class FleetAuth(AuthStrategy):
+    """Try the configured keys, then the agent's (if asked), then a password (if given)."""
+
+    def __init__(
+        self, username: str, keys: Sequence[paramiko.PKey], agent_keys: Sequence[paramiko.PKey],
+        password: Secret | None,
+    ) -> None:
+        super().__init__(ssh_config=paramiko.SSHConfig())
+        self.username = username
+        self.keys = keys
+        self.agent_keys = agent_keys
+        self.password = password
+
+    def get_sources(self) -> Iterator[AuthSource]:
+        for key in [*self.keys, *self.agent_keys]:
+            yield InMemoryPrivateKey(self.username, key)
+        if self.password is not None:
+            secret = self.password
+            yield Password(self.username, password_getter=secret.reveal)

@@ -1,0 +1,377 @@
+"""One host, one command, one `HostResult`: connect, verify, authenticate, exec, drain.
+
+`run_on_host` never raises: every failure becomes a `Status` and a one-line,
+secret-free message. Runs inside worker processes; `WorkerContext` holds what
+is done once per process (known_hosts parsed, keys loaded, the watchdog).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import paramiko
+from paramiko.channel import Channel
+from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.message import Message
+
+from ..host import Host
+from ..results import HostResult, Status
+from .credentials import FleetAuth, load_private_key
+from .hostkeys import KnownHosts, fingerprint, record_host_key, to_pkey
+from .options import SessionOptions, expand
+from .watchdog import Alarm, Watchdog
+
+__all__ = ["WorkerContext", "run_on_host"]
+
+_READ_SIZE = 65536
+_BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
+_CLOSED_BEFORE_BANNER_RETRIES = 3  # sshd's MaxStartups drops look exactly like this
+
+
+class _Failure(Exception):
+    """A host-level failure, turned into a `HostResult` before leaving this module."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _handle_channel_request(chan: Channel, m: Message) -> None:
+    # paramiko ignores `exit-signal` (a killed command looks like exit -1):
+    # record it, hand every other request to paramiko as usual.
+    start = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()  # want_reply: never set for exit-signal (RFC 4254 6.10)
+        transport = chan.transport
+        if isinstance(transport, _FleetTransport):
+            transport.exit_signals[chan.chanid] = m.get_text()
+        chan.status_event.set()
+        return
+    m.packet.seek(start)
+    Channel._handle_request(chan, m)
+
+
+class _FleetTransport(paramiko.Transport):
+    """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
+
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+        "aes128-ctr", "aes192-ctr", "aes256-ctr",
+    )
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,
+        MSG_CHANNEL_REQUEST: _handle_channel_request,
+    }
+
+    def __init__(self, sock: socket.socket, **kwargs: object) -> None:
+        super().__init__(sock, **kwargs)  # type: ignore[arg-type]
+        self.exit_signals: dict[int, str] = {}
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown host keys: refused (strict) or recorded first (accept-new). Never AutoAdd."""
+
+    def __init__(self, context: WorkerContext, host: Host, known: KnownHosts) -> None:
+        self.context, self.host, self.known = context, host, known
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        where = f"{hostname} ({key.get_name()} {fingerprint(key)})"
+        if key.get_base64() in self.known.revoked:
+            raise _Failure(Status.HOSTKEY_CHANGED, f"host key of {where} is marked @revoked")
+        if self.context.options.host_key_policy != "accept-new":
+            raise _Failure(
+                Status.HOSTKEY_UNKNOWN,
+                f"host key of {where} is not in known_hosts; verify it and add it, "
+                "or use --host-key-policy accept-new",
+            )
+        path = expand(self.host.known_hosts_file or self.context.options.accept_new_file)
+        try:
+            record_host_key(path, hostname, key)
+        except OSError as error:
+            raise _Failure(Status.ERROR, f"cannot record host key in {path}: {error.strerror}")
+        self.known.add(hostname, key)
+
+
+class WorkerContext:
+    """What a worker process does once, not once per host."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.watchdog = Watchdog()
+        self.handshakes = threading.BoundedSemaphore(max(1, options.handshakes_in_flight))
+        self._known: dict[tuple[str, ...], KnownHosts] = {}
+        self._keys: dict[str, paramiko.PKey] = {}
+        self._lock = threading.Lock()
+        for path in options.preload_key_files:
+            self.key(path)
+        self.agent_keys: tuple[paramiko.PKey, ...] = ()
+        if options.use_agent and options.agent_socket:
+            # Workers inherit the forkserver's environment, not the caller's.
+            os.environ["SSH_AUTH_SOCK"] = options.agent_socket
+            self.agent_keys = tuple(paramiko.Agent().get_keys())
+
+    def key(self, path: str) -> paramiko.PKey:
+        """The private key at `path`, loaded on first use (raises `ConfigError`)."""
+        with self._lock:
+            if path not in self._keys:
+                self._keys[path] = load_private_key(path, self.options.passphrase)
+            return self._keys[path]
+
+    def known_hosts(self, host: Host) -> KnownHosts:
+        """The parsed known_hosts files that apply to `host`."""
+        files = tuple(expand(p) for p in self.options.known_hosts_files)
+        if host.known_hosts_file:
+            files += (expand(host.known_hosts_file),)
+        with self._lock:
+            if files not in self._known:
+                self._known[files] = KnownHosts.load(files)
+            return self._known[files]
+
+
+def run_on_host(host: Host, context: WorkerContext) -> HostResult:
+    """Run the context's command on `host` and return what happened. Never raises."""
+    options = context.options
+    started, begin = time.time(), time.monotonic()
+    out, err = _Capped(options.max_output), _Capped(options.max_output)
+
+    def finish(status: Status, error: str | None = None, exit_code: int | None = None,
+               signal: str | None = None) -> HostResult:
+        return HostResult(
+            host=host.name, status=status, exit_code=exit_code, signal=signal,
+            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+            started=started, duration=round(time.monotonic() - begin, 6), error=error,
+        )
+
+    client: paramiko.SSHClient | None = None
+    try:
+        client = _connect(host, context, begin)
+        return _execute(client, host, context, out, err, finish)
+    except _Failure as failure:
+        return finish(failure.status, failure.message)
+    except Exception as error:  # a bug or an unforeseen paramiko error: still a value
+        return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
+    """TCP + banner + key exchange + host key + auth, all under one wall-clock deadline."""
+    options = context.options
+    timeout = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
+    deadline = begin + timeout
+    with context.handshakes:  # pace set-up: a burst of connects overflows accept queues
+        for attempt in range(_CLOSED_BEFORE_BANNER_RETRIES + 1):
+            sock = _open_socket(host, deadline, timeout)
+            if _banner_arrives(sock, host, deadline, timeout):
+                break
+            sock.close()
+            if attempt == _CLOSED_BEFORE_BANNER_RETRIES:
+                raise _Failure(
+                    Status.CONNECTION_LOST,
+                    f"server closed the connection before its SSH banner "
+                    f"({attempt + 1} attempts; sshd MaxStartups or a firewall?)",
+                )
+            pause = min(0.2 * 2**attempt * (1 + random.random()), deadline - time.monotonic())  # noqa: S311
+            if pause <= 0:
+                raise _Failure(Status.TIMEOUT, f"connect did not complete within {timeout:g}s")
+            time.sleep(pause)
+        alarm = context.watchdog.arm(deadline, sock)
+        client = paramiko.SSHClient()
+        try:
+            _handshake(client, sock, host, context, alarm, timeout)
+        except BaseException:
+            client.close()
+            sock.close()
+            raise
+        finally:
+            alarm.cancel()
+    return client
+
+
+def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection(
+            (host.address, host.port), timeout=max(0.001, deadline - time.monotonic())
+        )
+    except socket.gaierror as error:
+        raise _Failure(Status.UNREACHABLE, f"cannot resolve {host.address}: {error.strerror}")
+    except TimeoutError:
+        raise _Failure(Status.TIMEOUT, f"TCP connect did not complete within {timeout:g}s")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise _Failure(Status.UNREACHABLE, f"cannot connect to port {host.port}: {reason}")
+
+
+def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: float) -> bool:
+    """Peek at the first line: False if the server hung up before saying anything.
+
+    Peeking leaves the bytes for paramiko, and lets us cap a banner line the
+    way OpenSSH does (paramiko would accumulate an endless line forever).
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            raise _Failure(Status.TIMEOUT, f"no SSH banner within {timeout:g}s")
+        try:
+            data = sock.recv(_BANNER_LINE_MAX, socket.MSG_PEEK)
+        except ConnectionResetError:
+            return False
+        except OSError as error:
+            raise _Failure(Status.CONNECTION_LOST, f"reading the SSH banner: {error.strerror}")
+        if not data:
+            return False
+        if b"\n" in data:
+            return True
+        if len(data) >= _BANNER_LINE_MAX:
+            raise _Failure(Status.PROTOCOL_ERROR, f"not an SSH server: a first line over "
+                           f"{_BANNER_LINE_MAX} bytes")
+        time.sleep(0.01)  # a partial line is still in the buffer: select would not block
+
+
+def _handshake(
+    client: paramiko.SSHClient, sock: socket.socket, host: Host, context: WorkerContext,
+    alarm: Alarm, timeout: float,
+) -> None:
+    options = context.options
+    known = context.known_hosts(host)
+    for key_type, key_b64 in known.lookup(host.known_hosts_name):
+        key = to_pkey(key_type, key_b64)
+        if key is not None and key_b64 not in known.revoked:
+            client.get_host_keys().add(host.known_hosts_name, key_type, key)
+    client.set_missing_host_key_policy(_HostKeyPolicy(context, host, known))
+    key_files = host.key_files or options.key_files
+    user = host.user or options.default_user
+    auth = FleetAuth(user, [context.key(p) for p in key_files], context.agent_keys,
+                     options.password)
+    remaining = max(0.001, alarm.deadline - time.monotonic())
+    try:
+        client.connect(
+            host.address, port=host.port, username=user, sock=sock, timeout=remaining,
+            banner_timeout=remaining, auth_timeout=remaining, channel_timeout=remaining,
+            allow_agent=False, look_for_keys=False, auth_strategy=auth,
+            transport_factory=_FleetTransport,
+        )
+    except _Failure:
+        raise
+    except paramiko.BadHostKeyException as error:
+        raise _Failure(
+            Status.HOSTKEY_CHANGED,
+            f"HOST KEY CHANGED for {host.known_hosts_name}: server offers "
+            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
+            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}; refusing "
+            "(possible man-in-the-middle, or the host was reinstalled)",
+        ) from None
+    except Exception as error:
+        if alarm.fired:
+            raise _Failure(Status.TIMEOUT, f"connect did not complete within {timeout:g}s") from None
+        if isinstance(error, paramiko.AuthenticationException):
+            tried = len(auth.keys) + len(auth.agent_keys) + (auth.password is not None)
+            raise _Failure(
+                Status.AUTH_FAILED,
+                f"authentication failed for user {user!r} ({tried} credential(s) tried)"
+                if tried else f"no credentials for user {user!r}: give --key, --use-agent "
+                "or a password",
+            ) from None
+        if isinstance(error, paramiko.IncompatiblePeer | paramiko.SSHException):
+            raise _Failure(Status.PROTOCOL_ERROR, f"SSH handshake failed: {error}") from None
+        if isinstance(error, EOFError | OSError):
+            raise _Failure(Status.CONNECTION_LOST, "connection closed during the SSH handshake") from None
+        raise
+
+
+class _Capped:
+    """Keeps the first `cap` bytes of a stream, counts the rest, never blocks the sender."""
+
+    __slots__ = ("cap", "data", "total")
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.data, self.total = cap, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.data)
+
+
+def _execute(
+    client: paramiko.SSHClient, host: Host, context: WorkerContext, out: _Capped, err: _Capped,
+    finish: Callable[..., HostResult],
+) -> HostResult:
+    options = context.options
+    timeout = host.command_timeout if host.command_timeout is not None else options.command_timeout
+    transport = client.get_transport()
+    assert isinstance(transport, _FleetTransport)  # noqa: S101 - set by transport_factory
+    alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None  # type: ignore[arg-type]
+    try:
+        try:
+            channel = transport.open_session(timeout=timeout or None)
+            channel.exec_command(options.command)
+        except Exception as error:
+            if alarm is not None and alarm.fired:
+                return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
+            if not transport.is_active():
+                return finish(Status.CONNECTION_LOST, "connection lost before the command started")
+            return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: {error}")
+        _drain(channel, out, err)
+    finally:
+        if alarm is not None:
+            alarm.cancel()
+    if alarm is not None and alarm.fired:
+        return finish(Status.TIMEOUT, f"command did not finish within {timeout:g}s "
+                      "(output so far kept)")
+    signal = transport.exit_signals.get(channel.chanid)
+    if signal is not None:
+        return finish(Status.KILLED, f"killed by signal {signal}", signal=signal)
+    if channel.exit_status_ready() and channel.exit_status >= 0:
+        code = channel.exit_status
+        return finish(Status.OK if code == 0 else Status.FAILED,
+                      None if code == 0 else f"exit code {code}", exit_code=code)
+    if not channel.eof_received:
+        return finish(Status.CONNECTION_LOST, "connection lost before the command finished "
+                      "(output is incomplete)")
+    return finish(Status.NO_EXIT_STATUS, "the server reported no exit status")
+
+
+def _drain(channel: Channel, out: _Capped, err: _Capped) -> None:
+    """Read stdout and stderr together until EOF, then wait for the exit status.
+
+    Reading one stream first deadlocks once the other fills the ~2 MiB window.
+    The channel's fileno() is signalled by data on either stream and by close.
+    """
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    while not channel.eof_received and not channel.closed:
+        poller.poll()
+        _read_ready(channel, out, err)
+    _read_ready(channel, out, err)
+    # exit-status may follow EOF; the server's channel close (or a dead
+    # transport, or the watchdog) sets status_event too.
+    channel.status_event.wait()
+    _read_ready(channel, out, err)
+
+
+def _read_ready(channel: Channel, out: _Capped, err: _Capped) -> None:
+    while channel.recv_ready():
+        chunk = channel.recv(_READ_SIZE)
+        if not chunk:
+            break
+        out.add(chunk)
+    while channel.recv_stderr_ready():
+        chunk = channel.recv_stderr(_READ_SIZE)
+        if not chunk:
+            break
+        err.add(chunk)

@@ -1,0 +1,166 @@
+"""A fleet of in-process mock SSH servers with scripted, per-host behaviour.
+
+Built on mock-ssh-server (``mockssh``), changed where a fleet needs more:
+
+* each host binds its own loopback address (127.77.0.1, 127.77.0.2, ...) on
+  an ephemeral port, and serves its own freshly generated host key (mockssh
+  serves one packaged RSA key shared by everyone who installs it);
+* commands are scripted (`Reply`, `Fault`) and never run on the test machine
+  unless a host opts in with ``passthrough=True``;
+* threads are started with ``daemon=True``: mockssh's ``setDaemon()`` emits a
+  DeprecationWarning inside its accept thread, and under ``-W error`` that
+  warning kills the thread, so its code paths are replaced, not inherited.
+  mockssh's subprocess pipes (ResourceWarning) are not used either.
+
+>>> with MockFleet(2) as fleet:                       # doctest: +SKIP
+...     out = fleet.client("host1").exec_command("hostname")[1].read()
+>>> out                                               # doctest: +SKIP
+b'host1\\n'
+"""
+
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import paramiko
+
+from ._mockscript import BINARY_PAYLOAD, Fault, MockHost, Reply, Responder
+from ._mockserver import MockServer, new_key
+
+__all__ = ["BINARY_PAYLOAD", "Fault", "MockFleet", "MockHost", "MockServer", "Reply"]
+
+
+class MockFleet:
+    """A started-on-demand fleet of `MockServer` hosts with an inventory to match.
+
+    ``hosts`` is a count (``host1..hostN``, built-in behaviour) or `MockHost`
+    specs. ``default`` answers commands no host scripted. Files (user key,
+    known_hosts, inventory) go to ``workdir``, a temporary directory unless
+    given; a temporary one is removed by `stop`.
+
+    >>> with MockFleet([MockHost(replies={"uptime": Reply("up\\n")}), MockHost()]) as fleet:
+    ...     print(open(fleet.inventory_path).read())   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        hosts: int | Sequence[MockHost] = 3,
+        *,
+        default: Responder | None = None,
+        user: str = "fleet",
+        workdir: str | os.PathLike[str] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.specs = [MockHost() for _ in range(hosts)] if isinstance(hosts, int) else list(hosts)
+        self.names = [s.name or f"host{i}" for i, s in enumerate(self.specs, 1)]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate host names: {self.names}")
+        self.default, self.user, self.connect_timeout = default, user, connect_timeout
+        self._workdir_arg = workdir
+        self.hosts: list[MockServer] = []
+        self.workdir: Path | None = None
+
+    def start(self) -> MockFleet:
+        """Generate keys, start every host, write known_hosts and the inventory."""
+        if self.workdir is not None:
+            raise RuntimeError("fleet already started")
+        given = self._workdir_arg
+        workdir = Path(given) if given is not None else Path(tempfile.mkdtemp(prefix="mockfleet-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self._owns_workdir = workdir.resolve(), given is None
+        try:
+            _, pem = new_key("ed25519")
+            _write_private(self.key_path, pem)
+            for i, (spec, name) in enumerate(zip(self.specs, self.names, strict=True)):
+                address = f"127.77.{i // 254}.{i % 254 + 1}"
+                server = MockServer(spec, name, address, self.user, str(self.key_path),
+                                    self.default)
+                self.hosts.append(server.__enter__())
+            self.known_hosts_path.write_text("".join(h.known_hosts_line + "\n" for h in self))
+            self.inventory_path.write_text(self._inventory())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _inventory(self) -> str:
+        q = json.dumps  # a JSON string is a valid YAML scalar, and no YAML library is needed
+        lines = [
+            "# written by fleetexec.testing.MockFleet",
+            "defaults:",
+            f"  user: {q(self.user)}",
+            f"  key_files: [{q(str(self.key_path))}]",
+            f"  known_hosts_file: {q(str(self.known_hosts_path))}",
+            f"  connect_timeout: {self.connect_timeout:g}",
+            "hosts:",
+        ]
+        lines += [f"  {h.name}: {{address: {h.address}, port: {h.port}}}" for h in self]
+        return "\n".join(lines) + "\n"
+
+    def stop(self) -> None:
+        """Stop every host, close their connections; remove a temporary workdir."""
+        for server in self.hosts:
+            server.stopping.set()  # wake every waiting command at once, then close
+        for server in self.hosts:
+            server.__exit__(None, None, None)
+        if self.workdir is not None and self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _path(self, name: str) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("fleet not started")
+        return self.workdir / name
+
+    @property
+    def key_path(self) -> Path:
+        """The fleet's ed25519 user private key (0600); ``.pub`` is not written."""
+        return self._path("id_ed25519")
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """OpenSSH known_hosts with one ``[address]:port type base64`` line per host."""
+        return self._path("known_hosts")
+
+    @property
+    def inventory_path(self) -> Path:
+        """The fleetexec YAML inventory naming every host."""
+        return self._path("inventory.yaml")
+
+    def client(self, name: str, *, timeout: float = 5.0) -> paramiko.SSHClient:
+        """A connected, strictly verifying client for host ``name``."""
+        return self[name].client(timeout=timeout)
+
+    def __getitem__(self, name: str) -> MockServer:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[MockServer]:
+        return iter(self.hosts)
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def __enter__(self) -> MockFleet:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create the key file 0600 from the start (never chmod after writing)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
