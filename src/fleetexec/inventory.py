@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import fnmatch
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -35,30 +36,24 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_Y + t for t in ("str", "int", "float", "boo
 _TAGS = frozenset(_Y + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _READS_AS = {_BOOL: "a boolean", _INT: "a number", _FLOAT: "a number", _NULL: "null"}
 _SETTINGS = ("port", "user", "key_files", "connect_timeout", "command_timeout", "known_hosts_file")
-_HOST_KEYS = ("address", *_SETTINGS)
-_GROUP_KEYS = ("hosts", "vars", "children")
 _SECRET = re.compile(r"pass|secret|token|private|credential|api_?key", re.IGNORECASE)
-_VAULT_HINT = (
-    "secrets do not belong in the inventory; "
-    "use FLEETEXEC_PASSWORD / --ask-password or an encrypted key file"
-)
+_VAULT_HINT = ("secrets do not belong in the inventory; "
+               "use FLEETEXEC_PASSWORD / --ask-password or an encrypted key file")
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*", re.ASCII)
 _PORT = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)  # plain decimal: no 0022, 0x16, 1_0, 22.0
 _SECONDS = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?", re.ASCII)
 _BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks YAML counts lines by
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:\[\],-]+", re.ASCII)
-_MAX_HOSTS = 100_000  # the same bound hostrange puts on one range, for the whole file
+_MAX_HOSTS = 100_000  # hostrange's bound on one range, applied to the whole file
 _MAX_BYTES = 64 << 20
-
 Settings = dict[str, tuple[Any, int]]  # setting -> (checked value, line it came from)
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """A checked inventory: `hosts` (name -> `Host`, file order) and `groups`.
-
-    `groups` maps each group to its member host names, children included,
-    in inventory order. Both mappings are read-only views.
+    """A checked inventory: `hosts` (name -> `Host`, in file order) and `groups`
+    (group -> member host names, children's included, in inventory order).
+    Both are read-only views.
     """
 
     path: str
@@ -74,7 +69,7 @@ class Inventory:
         """Return the hosts the patterns name, in inventory order, each once.
 
         A pattern is a comma list of terms; a term is a group, a host, a range
-        (`web[01-05]`, every name must exist) or a glob (`web*`); `!term`
+        (`web[01-05]`: every name must exist) or a glob (`web*`); `!term`
         excludes. No patterns, or only exclusions, start from every host.
         Raises `InventoryError` when a term matches nothing or nothing is left.
         """
@@ -82,43 +77,36 @@ class Inventory:
             raise InventoryError("no hosts in the inventory", path=self.path)
         include: set[str] | None = None
         exclude: set[str] = set()
-        for pattern in patterns:
-            for term in _terms(pattern):
-                if term.startswith("!"):
-                    exclude.update(self._match(term[1:], term))
-                else:
-                    include = include or set()
-                    include.update(self._match(term, term))
-        chosen = [h for n, h in self.hosts.items() if (include is None or n in include)]
-        chosen = [h for h in chosen if h.name not in exclude]
+        for term in (t for pattern in patterns for t in _terms(pattern)):
+            if term.startswith("!"):
+                exclude.update(self._match(term[1:], term))
+            else:
+                include = (include or set()).union(self._match(term, term))
+        chosen = [h for n, h in self.hosts.items()
+                  if (include is None or n in include) and n not in exclude]
         if not chosen:
-            shown = ",".join(patterns)
-            raise InventoryError(f"the selection {shown!r} leaves no hosts", path=self.path)
+            raise InventoryError(f"the selection {','.join(patterns)!r} leaves no hosts",
+                                 path=self.path)
         return chosen
 
     def _match(self, term: str, shown: str) -> list[str]:
-        if term in self.groups:
-            return list(self.groups[term])
-        if term in self.hosts:
-            return [term]
+        if term in self.groups or term in self.hosts:
+            return list(self.groups.get(term, [term]))
         names: list[str] = []
         try:
-            expanded = hostrange.expand(term) if "[" in term else None
+            expanded = hostrange.expand(term) if "[" in term else []
         except ValueError:
-            expanded = None  # not a range: maybe a glob class such as `web[ab]`
-        if expanded is not None:
-            missing = [n for n in expanded if n not in self.hosts and n not in self.groups]
-            # A range that silently ran on fewer hosts than written would hide typos.
-            if missing and len(missing) < len(expanded) and not shown.startswith("!"):
-                where = hostrange.fold(missing)
-                raise InventoryError(f"{shown!r} names hosts not in the inventory: {where}",
-                                     path=self.path)
-            for name in expanded:
-                names.extend(self.groups.get(name, [name] if name in self.hosts else []))
+            expanded = []  # not a range: maybe a glob class such as `web[ab]`
+        missing = [n for n in expanded if n not in self.hosts and n not in self.groups]
+        # A range that silently ran on fewer hosts than written would hide a typo.
+        if missing and len(missing) < len(expanded) and not shown.startswith("!"):
+            raise InventoryError(f"{shown!r} names hosts not in the inventory: "
+                                 f"{hostrange.fold(missing)}", path=self.path)
+        for name in expanded:
+            names.extend(self.groups.get(name, [name] if name in self.hosts else []))
         if not names and any(c in term for c in "*?["):  # `web0[13]`: no web013, so a glob
             names = [n for n in self.hosts if fnmatch.fnmatchcase(n, term)]
-        if not names:
-            # Also for `!x`: a mistyped exclusion would run on the host meant to be spared.
+        if not names:  # also for `!x`: a mistyped exclusion would run where it should not
             raise InventoryError(f"no host or group matches {shown!r}", path=self.path)
         return names
 
@@ -127,7 +115,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read, parse and check the inventory file at `path`.
 
     A UTF-8 BOM is accepted; any other encoding is refused. Raises
-    `InventoryError` (naming the file, and the line where there is one).
+    `InventoryError` naming the file (and the line, where there is one).
     """
     name = os.fspath(path)
     try:
@@ -138,7 +126,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                              path=name) from None
     if len(data) > _MAX_BYTES:
         raise InventoryError(f"file is larger than {_MAX_BYTES >> 20} MiB", path=name)
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # UTF-32 LE too
         raise InventoryError("file is UTF-16/32 encoded; save it as UTF-8", path=name, line=1)
     try:
         text = data.decode("utf-8")
@@ -149,46 +137,42 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
 
 def parse_inventory(text: str, path: str = "<string>") -> Inventory:
-    """Parse and check inventory YAML `text`; `path` is used in messages and
-    as the base for relative key paths (the current directory for `<string>`).
+    """Parse and check inventory YAML `text`. `path` names it in messages and
+    is the base for relative paths (the current directory for `<string>`).
     """
     try:
         return _Parser(path).parse(text)
-    except RecursionError:  # the composer recurses per nesting level, as does `children`
+    except RecursionError:  # the composer recurses per nesting level, as do children
         raise InventoryError("nested too deeply", path=path) from None
 
 
 def hosts_from_targets(patterns: Iterable[str]) -> list[Host]:
-    """Build hosts from `user@host:port` targets without an inventory.
+    """Build hosts from `user@host:port` targets, without an inventory.
 
-    Each pattern is a comma list; ranges expand (`deploy@web[1-3]:2222`) and
-    IPv6 goes in brackets (`[::1]:2222`). The same host twice is kept once;
-    twice with different user or port is an `InventoryError`, as is a bad target.
+    Each pattern is a comma list; ranges expand (`deploy@web[1-3]:2222`);
+    IPv6 goes in brackets (`[::1]:2222`). A host given twice is kept once,
+    unless user or port differ. Raises `InventoryError` for a bad target.
     """
     hosts: dict[str, Host] = {}
     for pattern in patterns:
         for term in _terms(pattern):
-            for host in _target(term):
-                if hosts.setdefault(host.name, host) != host:
-                    raise InventoryError(f"host {host.name!r} is given twice with different "
-                                         f"user or port in {pattern!r}")
+            user, at, rest = term.rpartition("@")
+            # `[::1]:22` is an IPv6 literal, not a range: range brackets never hold a colon.
+            ipv6 = rest.startswith("[") and ":" in rest[: rest.find("]") + 1]
+            try:
+                for name in [rest] if ipv6 else hostrange.expand(rest):
+                    login, address, port = parse_target(f"{user}@{name}" if at else name)
+                    host = Host(address, port=port or 22, user=login)
+                    if hosts.setdefault(host.name, host) != host:
+                        raise InventoryError(f"host {host.name!r} is given twice with different"
+                                             f" user or port in {pattern!r}")
+            except InventoryError:
+                raise
+            except ValueError as exc:
+                raise InventoryError(f"bad host target {term!r}: {exc}") from None
     if not hosts:
         raise InventoryError("no hosts given")
     return list(hosts.values())
-
-
-def _target(term: str) -> list[Host]:
-    user, at, rest = term.rpartition("@")
-    # `[::1]:22` is an IPv6 literal, not a range: range brackets never hold a colon.
-    ipv6 = rest.startswith("[") and ":" in rest[: rest.find("]") + 1]
-    try:
-        hosts = []
-        for name in [rest] if ipv6 else hostrange.expand(rest):
-            login, host, port = parse_target(f"{user}@{name}" if at else name)
-            hosts.append(Host(host, port=port or 22, user=login))
-        return hosts
-    except ValueError as exc:
-        raise InventoryError(f"bad host target {term!r}: {exc}") from None
 
 
 def _terms(pattern: str) -> list[str]:
@@ -204,25 +188,22 @@ def _join(parent: str, key: str) -> str:
     return f"{parent}.{key}" if parent else key
 
 
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _NULL
+def _is_null(node: Node | None) -> bool:
+    return node is None or (isinstance(node, ScalarNode) and node.tag == _NULL)
 
 
 def _got(expected: str, node: Node) -> str:
-    return f"expected {expected}, got {_found(node)}"
-
-
-def _found(node: Node) -> str:
-    """Describe a node for "got …": repr'd, shortened, private key text hidden."""
+    """`expected X, got Y`: Y repr'd and shortened, private key text never shown."""
     if not isinstance(node, ScalarNode):
-        return "a mapping" if isinstance(node, MappingNode) else "a list"
-    value = str(node.value)
-    if "PRIVATE KEY" in value:
-        return "private key text (not shown)"
-    if node.tag == _NULL and not value:
-        return "nothing"
-    shown = repr(value if len(value) <= 60 else value[:60] + "…")
-    return shown + (" (a quoted string)" if node.style in ("'", '"') else "")
+        found = "a mapping" if isinstance(node, MappingNode) else "a list"
+    elif "PRIVATE KEY" in node.value:
+        found = "private key text (not shown)"
+    elif node.tag == _NULL and not node.value:
+        found = "nothing"
+    else:
+        value = node.value if len(node.value) <= 60 else node.value[:60] + "…"
+        found = repr(value) + (" (a quoted string)" if node.style in ("'", '"') else "")
+    return f"expected {expected}, got {found}"
 
 
 class _Parser:
@@ -230,8 +211,7 @@ class _Parser:
         self.path = path
         self.base = os.getcwd() if path == "<string>" else os.path.dirname(os.path.abspath(path))
         self.order: dict[str, int] = {}  # host -> first line naming it; keeps file order
-        self.own: dict[str, Settings] = {}
-        self.defined: dict[str, int] = {}
+        self.own: dict[str, tuple[int, Settings]] = {}  # from `hosts:`, with the key's line
         self.members: dict[str, dict[str, int]] = {}
         self.gvars: dict[str, Settings] = {}
         self.children: dict[str, list[tuple[str, Node]]] = {}
@@ -257,7 +237,7 @@ class _Parser:
             self.fail(line, None, f"character U+{exc.character:04X} is not allowed in YAML")
         except yaml.YAMLError as exc:
             self.fail(None, None, f"YAML error: {' '.join(str(exc).split())}")
-        if root is None or _is_null(root):
+        if _is_null(root):
             return Inventory(self.path)
         self.check_tree(root)
         defaults: Settings = {}
@@ -265,16 +245,16 @@ class _Parser:
             if section == "defaults":
                 defaults = self.settings(node, "defaults", _SETTINGS)
             elif section == "groups":
-                self.groups_section(node)
+                self.groups(node)
             else:
-                self.hosts_section(node)
+                self.hosts(node)
         return self.build(defaults)
 
     def check_tree(self, root: Node) -> None:
         """Refuse non-standard tags and aliases anywhere, before reading any value."""
         seen: set[int] = set()
         stack: list[tuple[Node, str]] = [(root, "")]
-        while stack:
+        while stack:  # a loop, not recursion, and first problem in file order first
             node, key = stack.pop()
             if id(node) in seen:  # the composer hands out one shared node per alias
                 self.fail(node, key, "YAML aliases (*name) are not supported; write it out")
@@ -286,8 +266,7 @@ class _Parser:
                 self.fail(node, key, f"unsupported YAML tag {tag!r}")
             if isinstance(node, MappingNode):
                 for k, v in reversed(node.value):
-                    label = k.value if isinstance(k, ScalarNode) else "?"
-                    stack += [(v, _join(key, str(label))), (k, key)]
+                    stack += [(v, _join(key, str(getattr(k, "value", "?")))), (k, key)]
             elif isinstance(node, SequenceNode):
                 stack += [(v, f"{key}[{i}]") for i, v in reversed(list(enumerate(node.value)))]
 
@@ -296,12 +275,12 @@ class _Parser:
         if isinstance(node, ScalarNode) and node.tag == _STR:
             return str(node.value)
         reads = _READS_AS.get(node.tag) if isinstance(node, ScalarNode) and node.value else None
-        hint = f", which YAML reads as {reads}; quote it" if reads else ""
-        self.fail(node, key, _got(expected, node) + hint)
+        self.fail(node, key, _got(expected, node) + (f", which YAML reads as {reads}; quote it"
+                                                     if reads else ""))
 
     def mapping(self, node: Node | None, key: str, allowed: tuple[str, ...] | None,
                 what: str = "a key") -> dict[str, tuple[Node, Node]]:
-        """Entries of a mapping node by key (null: none); duplicates and unknown keys refused."""
+        """Entries of a mapping (null: none) by key; duplicate and unknown keys refused."""
         if node is None or _is_null(node):
             return {}
         if not isinstance(node, MappingNode):
@@ -311,7 +290,7 @@ class _Parser:
             name = self.text(k, key, what)
             here = _join(key, name)
             if allowed is not None and name not in allowed:
-                if _SECRET.search(name):  # never echo the value: it is the secret
+                if _SECRET.search(name):  # and never echo the value: it is the secret
                     self.fail(k, here, _VAULT_HINT)
                 if name == "address":
                     self.fail(k, here, "address can only be set on one host, under hosts:")
@@ -333,9 +312,10 @@ class _Parser:
 
     def hostnames(self, node: Node, key: str) -> list[str]:
         """Expand one host name or range (`web[01-20]`) into checked names."""
-        pattern = self.text(node, key, "a host name or range")
         try:
-            names = hostrange.expand(pattern)
+            names = hostrange.expand(self.text(node, key, "a host name or range"))
+        except InventoryError:
+            raise
         except ValueError as exc:
             self.fail(node, key, str(exc))
         for name in names:
@@ -343,10 +323,9 @@ class _Parser:
                 check_hostname(name)
             except ValueError:
                 self.fail(node, key, f"expected a DNS name or IP address, got {name!r}")
-            if name not in self.order:
-                self.order[name] = node.start_mark.line + 1
-                if len(self.order) > _MAX_HOSTS:
-                    self.fail(node, key, f"more than {_MAX_HOSTS} hosts")
+            self.order.setdefault(name, node.start_mark.line + 1)
+        if len(self.order) > _MAX_HOSTS:
+            self.fail(node, key, f"more than {_MAX_HOSTS} hosts")
         return names
 
     def settings(self, node: Node | None, key: str, allowed: tuple[str, ...]) -> Settings:
@@ -365,20 +344,20 @@ class _Parser:
             self.fail(at, key, _got("an integer 1-65535 in plain decimal", node))
         if name.endswith("_timeout"):
             if node.tag in (_INT, _FLOAT) and _SECONDS.fullmatch(value):
-                return float(value)  # finite: the regex allows no exponent
+                if math.isfinite(float(value)):  # 400 nines is a float too: inf
+                    return float(value)
             self.fail(at, key, _got("seconds >= 0 (like 10 or 2.5)", node))
-        if name == "user":
-            user = self.text(node, key, "a user name")  # outside the try: InventoryError
+        if name in ("user", "address"):
+            text = self.text(node, key, "a user name" if name == "user" else
+                             "a host name or IP address")  # outside the try: InventoryError
             try:  # is a ValueError too, and its "quote it" hint must survive
-                return check_user(user)
+                if name == "user":
+                    return check_user(text)
+                # Host holds bare addresses: `[::1]` would become `[[::1]]:port`.
+                return check_hostname(text.removeprefix("[").removesuffix("]"))
             except ValueError:
-                self.fail(at, key, _got("a POSIX user name", node))
-        if name == "address":
-            address = self.text(node, key, "a host name or IP address")
-            try:  # Host holds bare addresses: `[::1]` would become `[[::1]]:port`
-                return check_hostname(address.removeprefix("[").removesuffix("]"))
-            except ValueError:
-                self.fail(at, key, _got("a DNS name or IP address", node))
+                self.fail(at, key, _got("a POSIX user name" if name == "user" else
+                                        "a DNS name or IP address", node))
         if name == "key_files" and isinstance(node, SequenceNode):
             return tuple(self.file(item, f"{key}[{i}]") for i, item in enumerate(node.value))
         path = self.file(node, key)
@@ -392,14 +371,15 @@ class _Parser:
             self.fail(node, key, _got("a file path", node))
         return os.path.normpath(os.path.join(self.base, os.path.expanduser(path)))
 
-    def groups_section(self, node: Node) -> None:
+    def groups(self, node: Node) -> None:
         for name, (k, v) in self.mapping(node, "groups", None, "a group name").items():
             here = _join("groups", name)
             if not _GROUP_NAME.fullmatch(name):
-                self.fail(k, "groups", "expected a group name (letters, digits, _ and -), "
+                self.fail(k, "groups", f"expected a group name (letters, digits, _ and -), "
                                        f"got {name!r}")
             self.gkey[name] = k
-            entry = {k: v for k, (_, v) in self.mapping(v, here, _GROUP_KEYS).items()}
+            entry = {e: v for e, (_, v) in self.mapping(v, here, ("hosts", "vars", "children"))
+                     .items()}
             members = self.members[name] = {}
             for i, item in enumerate(self.items(entry.get("hosts"), f"{here}.hosts")):
                 for host in self.hostnames(item, f"{here}.hosts[{i}]"):
@@ -408,35 +388,33 @@ class _Parser:
                                   f"(first on line {members[host]})")
                     members[host] = item.start_mark.line + 1
             self.gvars[name] = self.settings(entry.get("vars"), f"{here}.vars", _SETTINGS)
-            kids = self.items(entry.get("children"), f"{here}.children")
-            self.children[name] = [(self.text(c, f"{here}.children[{i}]", "a group name"), c)
-                                   for i, c in enumerate(kids)]
+            self.children[name] = [
+                (self.text(c, f"{here}.children[{i}]", "a group name"), c)
+                for i, c in enumerate(self.items(entry.get("children"), f"{here}.children"))]
 
-    def hosts_section(self, node: Node) -> None:
+    def hosts(self, node: Node) -> None:
         for pattern, (k, v) in self.mapping(node, "hosts", None, "a host name or range").items():
-            here = _join("hosts", pattern)
+            here, line = _join("hosts", pattern), k.start_mark.line + 1
             names = self.hostnames(k, "hosts")
-            settings = self.settings(v, here, _HOST_KEYS)
+            settings = self.settings(v, here, ("address", *_SETTINGS))
             if "address" in settings and len(names) > 1:
                 self.fail(v, f"{here}.address", f"one address for the {len(names)} hosts "
                                                 "of a range; set it per host")
             for host in names:
-                if host in self.defined:
+                if host in self.own:
                     self.fail(k, here, f"host {host!r} is defined twice "
-                                       f"(lines {self.defined[host]} and {k.start_mark.line + 1})")
-                self.defined[host] = k.start_mark.line + 1
-                self.own[host] = settings
+                                       f"(lines {self.own[host][0]} and {line})")
+                self.own[host] = (line, settings)
 
     def descendants(self, group: str, trail: list[str], memo: dict[str, set[str]]) -> set[str]:
         if group not in memo:
             found: set[str] = set()
             for child, node in self.children[group]:
-                key = f"groups.{group}.children"
+                key, path = f"groups.{group}.children", [*trail, group]
                 if child not in self.children:
                     close = difflib.get_close_matches(child, self.children, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     self.fail(node, key, f"unknown group {child!r}{hint}")
-                path = [*trail, group]
                 if child in path:
                     cycle = " -> ".join([*path[path.index(child):], child])
                     self.fail(node, key, f"cycle in children: {cycle}")
@@ -446,40 +424,40 @@ class _Parser:
 
     def build(self, defaults: Settings) -> Inventory:
         below: dict[str, set[str]] = {}
-        for group in self.children:
-            self.descendants(group, [], below)
-            if group in self.order:
-                self.fail(self.gkey[group], "groups", f"group {group!r} has the same name as "
-                                                      "a host; rename one")
         index = {name: i for i, name in enumerate(self.order)}
         groups: dict[str, tuple[str, ...]] = {}
         held: dict[str, list[str]] = {name: [] for name in self.order}
         for group in self.children:
+            if group in self.order:
+                self.fail(self.gkey[group], "groups",
+                          f"group {group!r} has the same name as a host; rename one")
+            self.descendants(group, [], below)
             flat = set(self.members[group]).union(*(self.members[c] for c in below[group]))
             groups[group] = tuple(sorted(flat, key=index.__getitem__))
             for name in groups[group]:
                 held[name].append(group)
         hosts: dict[str, Host] = {}
-        for name in self.order:
-            own = self.own.get(name, {})
+        for name, line in self.order.items():
+            own = self.own.get(name, (0, {}))[1]
             values = {key: value for key, (value, _) in defaults.items()}
             for key in _SETTINGS:
                 setters = [g for g in held[name] if key in self.gvars[g]]
                 # A child's vars win over its ancestors': drop any group with a setter below it.
-                winners = [g for g in setters if not below[g].intersection(setters)]
+                winners = [(g, *self.gvars[g][key]) for g in setters
+                           if not below[g].intersection(setters)]
                 if key in own or not winners:
                     continue
-                (first, (value, line)), *others = [(g, self.gvars[g][key]) for g in winners]
-                for other, (value2, line2) in others:
+                (first, value, at), *others = winners
+                for other, value2, at2 in others:
                     if value2 != value:
-                        self.fail(line2, f"groups.{other}.vars.{key}",
+                        self.fail(at2, f"groups.{other}.vars.{key}",
                                   f"host {name!r} gets {key} {value!r} from group {first!r} "
-                                  f"(line {line}) and {value2!r} from group {other!r}; "
+                                  f"(line {at}) and {value2!r} from group {other!r}; "
                                   "set it on the host or make one group a child of the other")
                 values[key] = value
             values.update({key: value for key, (value, _) in own.items()})
             try:
                 hosts[name] = Host(name, groups=tuple(held[name]), **values)
-            except ValueError as exc:  # checked above already; kept so nothing escapes unlocated
-                self.fail(self.order[name], _join("hosts", name), str(exc))
+            except ValueError as exc:  # all checked above; this keeps any miss located
+                self.fail(line, _join("hosts", name), str(exc))
         return Inventory(self.path, hosts, groups)
