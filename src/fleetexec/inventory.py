@@ -188,8 +188,8 @@ def _join(parent: str, key: str) -> str:
     return f"{parent}.{key}" if parent else key
 
 
-def _is_null(node: Node | None) -> bool:
-    return node is None or (isinstance(node, ScalarNode) and node.tag == _NULL)
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
 
 
 def _got(expected: str, node: Node) -> str:
@@ -237,7 +237,7 @@ class _Parser:
             self.fail(line, None, f"character U+{exc.character:04X} is not allowed in YAML")
         except yaml.YAMLError as exc:
             self.fail(None, None, f"YAML error: {' '.join(str(exc).split())}")
-        if _is_null(root):
+        if root is None or _is_null(root):
             return Inventory(self.path)
         self.check_tree(root)
         defaults: Settings = {}

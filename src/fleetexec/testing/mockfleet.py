@@ -1,21 +1,27 @@
 """A fleet of in-process mock SSH servers with scripted, per-host behaviour.
 
-Built on mock-ssh-server (``mockssh``), changed where a fleet needs more:
+    >>> with MockFleet(2) as fleet:
+    ...     with fleet.client("host2") as client:
+    ...         client.exec_command("hostname")[1].read()
+    b'host2\\n'
 
-* each host binds its own loopback address (127.77.0.1, 127.77.0.2, ...) on
-  an ephemeral port, and serves its own freshly generated host key (mockssh
-  serves one packaged RSA key shared by everyone who installs it);
-* commands are scripted (`Reply`, `Fault`) and never run on the test machine
-  unless a host opts in with ``passthrough=True``;
-* threads are started with ``daemon=True``: mockssh's ``setDaemon()`` emits a
-  DeprecationWarning inside its accept thread, and under ``-W error`` that
-  warning kills the thread, so its code paths are replaced, not inherited.
-  mockssh's subprocess pipes (ResourceWarning) are not used either.
+`MockFleet` (this module) starts the hosts and writes the files a client
+needs; `MockHost`, `Reply` and `Fault` (in `_mockscript`) say what a host
+does; `MockServer` (in `_mockserver`) serves one host. It is built on
+mock-ssh-server (``mockssh``: its `Server` and `Handler` are subclassed),
+changed where a fleet needs more:
 
->>> with MockFleet(2) as fleet:                       # doctest: +SKIP
-...     out = fleet.client("host1").exec_command("hostname")[1].read()
->>> out                                               # doctest: +SKIP
-b'host1\\n'
+* each host binds its own loopback address (127.77.0.1, 127.77.0.2, ...; only
+  127.0.0.1 where the OS has no other loopback addresses, e.g. macOS) on an
+  ephemeral port, and serves its own fresh host key (mockssh serves one
+  packaged RSA key, the same for everyone who installs it);
+* commands are scripted and never run on the test machine unless a host opts
+  in with ``passthrough=True`` (mockssh runs every command in a local shell);
+* mockssh's warnings: it starts threads with ``setDaemon()``
+  (DeprecationWarning, raised *inside* its accept thread under ``-W error``,
+  which kills that thread) and leaves subprocess pipes to the garbage
+  collector (ResourceWarning). Those code paths are replaced here, so a suite
+  running with ``-W error`` needs no filter for the mock fleet.
 """
 
 
@@ -41,12 +47,15 @@ class MockFleet:
     """A started-on-demand fleet of `MockServer` hosts with an inventory to match.
 
     ``hosts`` is a count (``host1..hostN``, built-in behaviour) or `MockHost`
-    specs. ``default`` answers commands no host scripted. Files (user key,
-    known_hosts, inventory) go to ``workdir``, a temporary directory unless
-    given; a temporary one is removed by `stop`.
+    specs. ``default`` answers commands no host scripted. Files (user key
+    ``id_ed25519`` and ``.pub``, ``known_hosts``, ``inventory.yaml``) go to
+    ``workdir``: a temporary directory unless given; a temporary one is removed
+    by `stop`. A fleet starts once.
 
     >>> with MockFleet([MockHost(replies={"uptime": Reply("up\\n")}), MockHost()]) as fleet:
-    ...     print(open(fleet.inventory_path).read())   # doctest: +SKIP
+    ...     with fleet.client("host1") as client:
+    ...         client.exec_command("uptime")[1].read()
+    b'up\\n'
     """
 
     def __init__(
@@ -76,8 +85,10 @@ class MockFleet:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self._owns_workdir = workdir.resolve(), given is None
         try:
-            _, pem = new_key("ed25519")
+            user_key, pem = new_key("ed25519")
             _write_private(self.key_path, pem)
+            public = f"{user_key.get_name()} {user_key.get_base64()} mockfleet\n"
+            self.key_path.with_suffix(".pub").write_text(public)
             for i, (spec, name) in enumerate(zip(self.specs, self.names, strict=True)):
                 address = f"127.77.{i // 254}.{i % 254 + 1}"
                 server = MockServer(spec, name, address, self.user, str(self.key_path),
@@ -101,7 +112,7 @@ class MockFleet:
             f"  connect_timeout: {self.connect_timeout:g}",
             "hosts:",
         ]
-        lines += [f"  {h.name}: {{address: {h.address}, port: {h.port}}}" for h in self]
+        lines += [f"  {q(h.name)}: {{address: {h.address}, port: {h.port}}}" for h in self]
         return "\n".join(lines) + "\n"
 
     def stop(self) -> None:
@@ -120,7 +131,7 @@ class MockFleet:
 
     @property
     def key_path(self) -> Path:
-        """The fleet's ed25519 user private key (0600); ``.pub`` is not written."""
+        """The fleet's ed25519 user private key (0600); the public key is beside it (.pub)."""
         return self._path("id_ed25519")
 
     @property
