@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fleetexec import inventory
 from fleetexec.exceptions import InventoryError
 from fleetexec.host import Host
 from fleetexec.inventory import Inventory, hosts_from_targets, load_inventory, parse_inventory
@@ -776,6 +777,20 @@ def test_load_accepts_a_utf8_bom_and_crlf(tmp_path: Path) -> None:
     path.write_bytes(codecs.BOM_UTF8 + b"hosts:\r\n  a: {port: 2200}\r\n  b:\r\n")
     inv = load_inventory(path)
     assert list(inv.hosts) == ["a", "b"] and inv.path == str(path)
+
+
+def test_load_refuses_a_huge_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "_MAX_BYTES", 3 << 20)
+    path = tmp_path / "inv.yaml"
+    path.write_bytes(b"#" * ((3 << 20) + 1))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value) == f"{path}: file is larger than 3 MiB"
+
+
+def test_more_than_100000_hosts_in_all_is_refused() -> None:
+    assert error("hosts:\n  'a[1-60000]':\n  'b[1-60000]':\n") == (
+        "inv.yaml:3: hosts: more than 100000 hosts")
 
 
 def test_load_empty_file(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -68,10 +68,10 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
         # Not super().__init__(): it installs mockssh's packaged RSA key and an sftp
         # subsystem that serves the test machine's real file system.
         self.server = server
-        self.thread = None
         self.command_queues: dict[int, queue.Queue[bytes]] = {}
         self.transport = paramiko.Transport(client_conn[0])
         self.transport.set_log_channel(f"{__name__}.transport")
+        self.transport.name = f"mockfleet-{server.name}-transport"
         self.transport.add_server_key(server.host_key)
         # mockssh queues the command inside check_channel_exec_request, before the
         # exec reply is sent; a fast command could then close the channel before the
@@ -94,8 +94,17 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
     def run(self) -> None:
         try:
             self.transport.start_server(server=self)
-            while (channel := self.transport.accept()) is not None:
-                threading.Thread(target=self.handle_client, args=(channel,), daemon=True).start()
+            while True:
+                # A timeout, because accept() is never woken when *we* close the
+                # transport (stop(), the drop fault), only when the peer goes away.
+                channel = self.transport.accept(timeout=0.5)
+                if channel is not None:
+                    threading.Thread(
+                        target=self.handle_client, args=(channel,), daemon=True,
+                        name=f"mockfleet-{self.server.name}-channel",
+                    ).start()
+                elif not self.transport.is_active():
+                    break
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.debug("%s: connection ended: %r", self.server.name, exc)
         finally:
@@ -154,41 +163,39 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
                 channel.send_exit_status(action.exit_code & 0xFFFFFFFF)  # uint32 on the wire
             return
         channel.sendall(action.output)
-        if action.kind == "hang":
+        kind = action.kind
+        if kind == "hang":
             self._wait(channel, float("inf"))
-            return
-        if action.kind == "trickle":
+        elif kind == "trickle":
             n = 0
             while action.lines is None or n < action.lines:
                 n += 1
                 channel.sendall(f"{self.server.name}: trickle line {n}\n".encode())
                 if self._wait(channel, action.interval):
                     return
-        elif action.kind == "flood":
+            channel.send_exit_status(0)
+        elif kind == "flood":
             for _ in range(action.mib * 16):
-                if action.stream in ("stdout", "both"):
+                if action.stream != "stderr":
                     channel.sendall(_CHUNK)
-                if action.stream in ("stderr", "both"):
+                if action.stream != "stdout":
                     channel.sendall_stderr(_CHUNK)
-        elif action.kind == "binary":
+            channel.send_exit_status(0)
+        elif kind == "binary":
             channel.sendall(BINARY_PAYLOAD)
             channel.sendall_stderr(BINARY_PAYLOAD)
-        elif action.kind == "drop":
-            sock = self.transport.sock
-            assert isinstance(sock, socket.socket)  # noqa: S101 - we built it from one
+            channel.send_exit_status(0)
+        elif kind == "drop":
+            sock = cast(socket.socket, self.transport.sock)
             if action.rst:  # linger 0: close() sends RST and discards unsent data
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
-                sock.shutdown(socket.SHUT_RDWR)
-            self.transport.close()
-            return
-        elif action.kind == "signal":
+                sock.shutdown(socket.SHUT_RDWR)  # FIN after the bytes already sent
+            self.transport.close()  # no CHANNEL_EOF, CLOSE or DISCONNECT is sent
+        elif kind == "signal":
             channel.shutdown_write()
             _send_exit_signal(channel, action.signame)
-            return
-        if action.kind in ("trickle", "flood", "binary"):
-            channel.send_exit_status(0)
-        # no_exit_status: handle_client's close() sends EOF + CLOSE and nothing else
+        # no_exit_status: nothing more; handle_client's close() sends EOF + CLOSE only
 
     def _passthrough(self, channel: paramiko.Channel, command: bytes) -> None:
         """Run the command in a local shell, as mockssh does, but only when opted in."""
@@ -341,7 +348,9 @@ class MockServer(Server):  # type: ignore[misc]  # mockssh is untyped
                 continue
             with self._lock:
                 self._transports.add(handler.transport)
-            threading.Thread(target=handler.run, daemon=True).start()
+            threading.Thread(
+                target=handler.run, daemon=True, name=f"mockfleet-{self.name}-connection"
+            ).start()
 
     def _untrack(self, transport: paramiko.Transport) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -102,17 +103,16 @@ class MockFleet:
         return self
 
     def _inventory(self) -> str:
-        q = json.dumps  # a JSON string is a valid YAML scalar, and no YAML library is needed
         lines = [
             "# written by fleetexec.testing.MockFleet",
             "defaults:",
-            f"  user: {q(self.user)}",
-            f"  key_files: [{q(str(self.key_path))}]",
-            f"  known_hosts_file: {q(str(self.known_hosts_path))}",
+            f"  user: {_scalar(self.user)}",
+            f"  key_files: [{_scalar(str(self.key_path))}]",
+            f"  known_hosts_file: {_scalar(str(self.known_hosts_path))}",
             f"  connect_timeout: {self.connect_timeout:g}",
             "hosts:",
         ]
-        lines += [f"  {q(h.name)}: {{address: {h.address}, port: {h.port}}}" for h in self]
+        lines += [f"  {_scalar(h.name)}: {{address: {h.address}, port: {h.port}}}" for h in self]
         return "\n".join(lines) + "\n"
 
     def stop(self) -> None:
@@ -168,6 +168,20 @@ class MockFleet:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
+_YAML11_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+
+
+def _scalar(text: str) -> str:
+    """A YAML scalar for ``text``, plain when that is unambiguous, else a JSON string.
+
+    Hand-written so the kit needs no YAML library (JSON strings are valid YAML).
+    """
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML11_WORDS:
+        return text
+    return json.dumps(text)
 
 
 def _write_private(path: Path, data: bytes) -> None:

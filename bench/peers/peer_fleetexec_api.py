@@ -1,0 +1,32 @@
+"""fleetexec through its Python API: ``fleetexec.run(inventory.select(), CMD, ...)``.
+
+The call must sit under ``if __name__ == "__main__":``: fleetexec's workers
+are started with forkserver, which re-imports this script in each worker.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from peer_common import parse_args, report
+
+import fleetexec
+
+
+def main() -> None:
+    """Run the command on every inventory host and report how many ended ok."""
+    args = parse_args(__doc__ or "")
+    inventory = fleetexec.load_inventory(args.inventory)
+    result = fleetexec.run(
+        inventory.select(), args.command, system_known_hosts=False, timeout=120,
+        connect_timeout=60,
+    )
+    errors: Counter[str] = Counter(
+        f"{r.status}: {r.error}" for r in result.values() if not r.ok
+    )
+    nbytes = sum(len(r.stdout) for r in result.values())
+    report(sum(r.ok for r in result.values()), len(result), errors, nbytes)
+
+
+if __name__ == "__main__":
+    main()
