@@ -18,7 +18,9 @@ from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     for name in ("SSH_AUTH_SOCK", "FLEETEXEC_INVENTORY", "FLEETEXEC_PASSWORD",

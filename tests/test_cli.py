@@ -23,10 +23,11 @@ def fleetexec_cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
 
 def mixed_inventory(sshd, tmp_path: Path) -> Path:
     """Two good hosts, one whose command fails, one closed port."""
-    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.4.1", "127.0.4.2", "127.0.4.3"],
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml",
+                                     ["127.0.4.1", "127.0.4.2", "127.0.4.3"],
                                      names=["good1", "good2", "bad"])
-    text = inventory.read_text() + f'  "closed": {{ address: "127.0.0.1", port: {closed_port()} }}\n'
-    inventory.write_text(text)
+    closed = f'  "closed": {{ address: "127.0.0.1", port: {closed_port()} }}\n'
+    inventory.write_text(inventory.read_text() + closed)
     return inventory
 
 

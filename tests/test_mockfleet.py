@@ -147,6 +147,12 @@ def test_inventory_keeps_awkward_names_as_strings(fleets: Factory) -> None:
     assert inventory["defaults"]["user"] == "on"
 
 
+def test_an_empty_fleet_has_an_empty_inventory() -> None:
+    with MockFleet(0) as fleet:
+        assert yaml.safe_load(fleet.inventory_path.read_text())["hosts"] == {}
+        assert fleet.known_hosts_path.read_text() == ""
+
+
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         MockFleet([MockHost("a"), MockHost("a")])
@@ -160,6 +166,8 @@ def test_bad_configuration_is_refused() -> None:
         MockHost(replies={"x": lambda cmd: None}).respond("x")  # type: ignore[dict-item,return-value]
     with pytest.raises(TypeError, match="must be a Reply"):
         MockHost(default=lambda cmd: Fault.reject_auth()).respond("x")
+    with pytest.raises(ValueError, match="unknown fault"):
+        Fault("explode")
     with pytest.raises(RuntimeError, match="not started"):
         _ = MockFleet(1).inventory_path
 

@@ -59,7 +59,9 @@ def run(
     if not isinstance(command, str) or not command.strip():
         raise ConfigError("the command is empty")
     if host_key_policy not in ("strict", "accept-new"):
-        raise ConfigError(f"host_key_policy must be 'strict' or 'accept-new', not {host_key_policy!r}")
+        raise ConfigError(
+            f"host_key_policy must be 'strict' or 'accept-new', not {host_key_policy!r}"
+        )
     for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0")

@@ -164,7 +164,7 @@ def main() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="A line per finished host on stderr [on when stderr is a terminal].")
 @click.pass_context
-def run(ctx: click.Context, selection: tuple[str, ...], **opts: Any) -> None:
+def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND on the selected hosts: fleetexec run [SELECTION...] [OPTIONS] -- COMMAND
 
     SELECTION is hosts, groups, globs or ranges of the inventory (`!x` excludes).

@@ -168,6 +168,10 @@ def _with_handshake_cap(options: SessionOptions, handshakes: int) -> SessionOpti
     return replace(options, handshakes_in_flight=handshakes)
 
 
+def _pick(own: float | None, default: float) -> float:
+    return own if own is not None else default
+
+
 class _Run:
     """The parent's bookkeeping for one run: who started where, who is overdue."""
 
@@ -227,7 +231,8 @@ class _Run:
         assert self.pool is not None  # noqa: S101
         alive = {child.pid for child in multiprocessing.active_children()}
         if not self.ever_ready and self.early_deaths < 1_000:
-            spawned = {p.pid for p in self.pool._pool}  # noqa: SLF001 - only way to see start-up deaths
+            # Pool has no public view of its processes; start-up deaths show only here.
+            spawned = {p.pid for p in self.pool._pool}  # type: ignore[attr-defined]
             self.early_deaths += len(spawned - alive)
             if self.early_deaths >= 2 * self.sizing.processes:
                 self.config_error = ("worker processes die while starting; if you call "
@@ -248,7 +253,9 @@ class _Run:
                     self.config_error = f"worker failed: {type(error).__name__}: {error}"
         if all(task.ready() for task in self.serving):
             for name in self.collector.pending:  # nobody left to run them
-                self.collector.add(HostResult(name, Status.ERROR, error="lost with a worker process"))
+                self.collector.add(
+                    HostResult(name, Status.ERROR, error="lost with a worker process")
+                )
 
     def _check_overdue(self) -> None:
         now = time.monotonic()
@@ -261,11 +268,10 @@ class _Run:
 
     def _budget(self, host: Host) -> float | None:
         options = self.options
-        command = host.command_timeout if host.command_timeout is not None else options.command_timeout
+        command = _pick(host.command_timeout, options.command_timeout)
         if not command:
             return None
-        connect = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
-        return connect + command + _GRACE
+        return _pick(host.connect_timeout, options.connect_timeout) + command + _GRACE
 
     def _give_up(self, index: int, status: Status, message: str) -> None:
         self.started.pop(index, None)
@@ -277,5 +283,6 @@ class _Run:
         for name in self.collector.pending:
             self.collector.add(HostResult(
                 name, Status.INTERRUPTED,
-                error="interrupted while running" if name in running else "interrupted before it started",
+                error="interrupted while running" if name in running
+                else "interrupted before it started",
             ))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "BINARY_PAYLOAD", "COMMAND_FAULTS", "Action", "Fault", "MockHost", "Reply", "Responder",
-    "builtin", "resolve",
+    "BINARY_PAYLOAD", "COMMAND_FAULTS", "HOST_FAULTS", "Action", "Fault", "MockHost", "Reply",
+    "Responder", "builtin", "resolve",
 ]
 
 #: What the ``binary`` fault writes to stdout and to stderr: invalid UTF-8, NUL,
@@ -62,6 +62,7 @@ Stream = Literal["stdout", "stderr", "both"]
 COMMAND_FAULTS = frozenset(
     {"hang", "trickle", "flood", "binary", "drop", "no_exit_status", "signal"}
 )
+HOST_FAULTS = frozenset({"reject_auth", "slow_auth", "fresh_host_key", "changed_key_type"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Fault:
     signame: str = ""
     seconds: float = 0.0
     rst: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in COMMAND_FAULTS | HOST_FAULTS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; use the Fault.* constructors")
 
     @classmethod
     def hang(cls, output: bytes = b"") -> Fault:

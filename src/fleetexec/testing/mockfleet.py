@@ -110,7 +110,7 @@ class MockFleet:
             f"  key_files: [{_scalar(str(self.key_path))}]",
             f"  known_hosts_file: {_scalar(str(self.known_hosts_path))}",
             f"  connect_timeout: {self.connect_timeout:g}",
-            "hosts:",
+            "hosts:" if self.hosts else "hosts: {}",
         ]
         lines += [f"  {_scalar(h.name)}: {{address: {h.address}, port: {h.port}}}" for h in self]
         return "\n".join(lines) + "\n"
