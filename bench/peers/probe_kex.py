@@ -22,8 +22,6 @@ HOST = read_hosts(ARGS.hosts)[0]
 
 def _paramiko(transport_class: type) -> str:
     """Negotiated algorithms, from paramiko's own debug log of the key exchange."""
-    import paramiko
-
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
@@ -55,12 +53,21 @@ def _fabric() -> str:
 def _asyncssh() -> str:
     import asyncssh
 
+    chosen: dict[str, bytes] = {}
+    choose = asyncssh.connection.SSHConnection._choose_alg
+
+    def record(self: object, alg_type: str, *args: object) -> bytes:
+        chosen[alg_type] = choose(self, alg_type, *args)  # type: ignore[arg-type]
+        return chosen[alg_type]
+
+    asyncssh.connection.SSHConnection._choose_alg = record  # type: ignore[method-assign]
+
     async def probe() -> str:
         async with asyncssh.connect(
             HOST, ARGS.port, username=ARGS.user, client_keys=[ARGS.key],
             known_hosts=ARGS.known_hosts, agent_path=None, config=[],
         ) as conn:
-            kex = getattr(getattr(conn, "_kex", None), "algorithm", b"?").decode()
+            kex = chosen.get("key exchange", b"?").decode()
             return f"{kex} / {conn.get_extra_info('send_cipher')}"
 
     return asyncio.run(probe())
@@ -72,9 +79,9 @@ def _libssh2() -> str:
     with socket.create_connection((HOST, ARGS.port), timeout=30) as sock:
         session = Session()
         session.handshake(sock)
-        found = f"{session.methods(LIBSSH2_METHOD_KEX)} / {session.methods(LIBSSH2_METHOD_CRYPT_CS)}"
+        kex, cipher = (session.methods(m) for m in (LIBSSH2_METHOD_KEX, LIBSSH2_METHOD_CRYPT_CS))
         session.disconnect()
-    return found
+    return f"{kex} / {cipher}"
 
 
 def _openssh() -> str:

@@ -7,10 +7,17 @@
         fleet.inventory_path      # YAML inventory: host1, host2 on 127.77.0.x
         fleet.known_hosts_path    # their freshly generated host keys
 
+Protocol-level misbehaviour (tarpit, black hole, garbage banners) comes from
+`FaultServer`; `OpenSSHServer` starts a real, throwaway OpenSSH sshd.
 With pytest the ``mock_fleet`` and ``mock_fleet_factory`` fixtures are
 available without any import (see `fleetexec.testing.plugin`).
 """
 
+from .faults import FaultServer, closed_port
 from .mockfleet import BINARY_PAYLOAD, Fault, MockFleet, MockHost, MockServer, Reply
+from .sshd import OpenSSHServer
 
-__all__ = ["BINARY_PAYLOAD", "Fault", "MockFleet", "MockHost", "MockServer", "Reply"]
+__all__ = [
+    "BINARY_PAYLOAD", "Fault", "FaultServer", "MockFleet", "MockHost", "MockServer",
+    "OpenSSHServer", "Reply", "closed_port",
+]

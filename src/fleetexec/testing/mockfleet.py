@@ -35,11 +35,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from ._mockscript import BINARY_PAYLOAD, Fault, MockHost, Reply, Responder
 from ._mockserver import MockServer, new_key
+
+if TYPE_CHECKING:
+    from ..results import FleetResult
 
 __all__ = ["BINARY_PAYLOAD", "Fault", "MockFleet", "MockHost", "MockServer", "Reply"]
 
@@ -143,6 +147,22 @@ class MockFleet:
     def inventory_path(self) -> Path:
         """The fleetexec YAML inventory naming every host."""
         return self._path("inventory.yaml")
+
+    def run(self, command: str, **options: Any) -> FleetResult:
+        """`fleetexec.run(command)` on every host of this fleet, through the real pipeline.
+
+        Host keys are checked strictly against this fleet's known_hosts only
+        (`system_known_hosts=False` unless you pass it); other options go to
+        `fleetexec.run` unchanged.
+
+            result = fleet.run("uptime", timeout=2)
+            assert result["host1"].ok
+        """
+        from ..api import run
+        from ..inventory import load_inventory
+
+        options.setdefault("system_known_hosts", False)
+        return run(load_inventory(self.inventory_path).select(), command, **options)
 
     def client(self, name: str, *, timeout: float = 5.0) -> paramiko.SSHClient:
         """A connected, strictly verifying client for host ``name``."""
