@@ -16,7 +16,8 @@ from fleetexec.results import Collector, exit_code_for
 def test_public_names_are_pinned_and_sorted():
     assert fleetexec.__all__ == sorted(fleetexec.__all__)
     assert fleetexec.__all__ == [
-        "ConfigError", "FleetError", "FleetFailure", "FleetResult", "Host", "HostKeyPolicy",
+        "ConfigError", "FleetError", "FleetFailure", "FleetResult", "FleetSession", "Host",
+        "HostKeyPolicy",
         "HostResult", "Inventory", "InventoryError", "Status", "load_inventory", "run",
     ]
 
@@ -113,7 +114,7 @@ def test_run_with_no_hosts_returns_an_empty_result():
 def test_secrets_never_show_in_repr():
     from fleetexec.ssh.options import Secret, SessionOptions
 
-    options = SessionOptions(command="true", password=Secret("hunter2"),
+    options = SessionOptions(password=Secret("hunter2"),
                              passphrase=Secret("sesame"))
     assert "hunter2" not in repr(options) and "sesame" not in repr(options)
     assert pickle.loads(pickle.dumps(options)).password.reveal() == "hunter2"

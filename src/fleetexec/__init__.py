@@ -12,7 +12,7 @@ failure on one host never raises. Exceptions (`FleetError` and below) are for
 mistakes made before anything runs.
 """
 
-from .api import HostKeyPolicy, run
+from .api import FleetSession, HostKeyPolicy, run
 from .exceptions import ConfigError, FleetError, FleetFailure, InventoryError
 from .host import Host
 from .inventory import Inventory, load_inventory
@@ -23,6 +23,7 @@ __all__ = [
     "FleetError",
     "FleetFailure",
     "FleetResult",
+    "FleetSession",
     "Host",
     "HostKeyPolicy",
     "HostResult",

@@ -1,19 +1,20 @@
-"""`fleetexec.run`: the Python entry point, a thin layer over the executor."""
+"""`fleetexec.run` and `FleetSession`: the Python entry points, thin layers over the executor."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from types import TracebackType
 from typing import Literal
 
 from .exceptions import ConfigError
-from .executor import execute
+from .executor import WorkerPool, execute, plan
 from .host import Host
 from .results import FleetResult, OnResult
 from .ssh.options import DEFAULT_KNOWN_HOSTS, Secret, SessionOptions, expand
 
-__all__ = ["HostKeyPolicy", "run"]
+__all__ = ["FleetSession", "HostKeyPolicy", "run"]
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 
@@ -56,23 +57,101 @@ def run(
     >>> for name, r in result.items():
     ...     print(name, r.status, r.stdout_text)
     """
+    _check_command(command)
+    resolved, options = _prepare(
+        hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
+        connect_timeout, timeout, max_output, use_agent, password, passphrase)
+    return execute(resolved, command, options, parallel=parallel, processes=processes,
+                   on_result=on_result)
+
+
+class FleetSession:
+    """Keep every host's authenticated connection open across several commands.
+
+    Takes the same options as `run` (but no command). The first `run()`
+    connects; later ones reuse each host's connection in the same worker
+    process, skipping the handshake. A connection that died in between is
+    replaced transparently; host keys are verified whenever one is made.
+
+    >>> with fleetexec.FleetSession(inventory.select("web"), timeout=30) as fleet:
+    ...     before = fleet.run("cat /etc/app/version")
+    ...     fleet.run("systemctl restart app")
+    """
+
+    def __init__(
+        self,
+        hosts: Iterable[Host | str],
+        *,
+        user: str | None = None,
+        port: int | None = None,
+        key_files: Sequence[str] = (),
+        known_hosts: Sequence[str] = (),
+        system_known_hosts: bool = True,
+        host_key_policy: HostKeyPolicy = "strict",
+        parallel: int | None = None,
+        processes: int | None = None,
+        connect_timeout: float = 10.0,
+        timeout: float = 60.0,
+        max_output: int = 1024 * 1024,
+        use_agent: bool = False,
+        password: str | None = None,
+        passphrase: str | None = None,
+    ) -> None:
+        self.hosts, self._options = _prepare(
+            hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
+            connect_timeout, timeout, max_output, use_agent, password, passphrase)
+        self._sizing = plan(max(1, len(self.hosts)), parallel, processes)
+        self._pool: WorkerPool | None = None
+
+    def run(self, command: str, *, on_result: OnResult | None = None) -> FleetResult:
+        """Run `command` on every host of the session; see `fleetexec.run`."""
+        _check_command(command)
+        if self._pool is None or self._pool.closed:  # first run, or after Ctrl-C
+            self._pool = WorkerPool(self._options, self._sizing, reuse=True)
+        return self._pool.run(self.hosts, command, on_result)
+
+    def close(self) -> None:
+        """Close every connection and stop the worker processes."""
+        if self._pool is not None:
+            self._pool.close(graceful=True)
+            self._pool = None
+
+    def __enter__(self) -> FleetSession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _check_command(command: object) -> None:
     if not isinstance(command, str) or not command.strip():
         raise ConfigError("the command is empty")
+
+
+def _prepare(
+    hosts: Iterable[Host | str], user: str | None, port: int | None, key_files: Sequence[str],
+    known_hosts: Sequence[str], system_known_hosts: bool, host_key_policy: str,
+    connect_timeout: float, timeout: float, max_output: int, use_agent: bool,
+    password: str | None, passphrase: str | None,
+) -> tuple[list[Host], SessionOptions]:
+    """Validate the options and resolve the hosts; every path made absolute here,
+    because workers run with the forkserver's working directory and HOME."""
     if host_key_policy not in ("strict", "accept-new"):
         raise ConfigError(
             f"host_key_policy must be 'strict' or 'accept-new', not {host_key_policy!r}"
         )
-    for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0")
-    if connect_timeout == 0:
+    if not connect_timeout > 0:
         raise ConfigError("connect_timeout must be > 0")
+    if not timeout >= 0:
+        raise ConfigError("timeout must be >= 0 (0 = no deadline)")
     if max_output < 0:
         raise ConfigError("max_output must be >= 0")
     resolved = _resolve_hosts(hosts, user, port, key_files)
     files = (*(DEFAULT_KNOWN_HOSTS if system_known_hosts else ()), *known_hosts)
     options = SessionOptions(
-        command=command,
         connect_timeout=connect_timeout,
         command_timeout=timeout,
         host_key_policy=host_key_policy,
@@ -85,13 +164,12 @@ def run(
         max_output=max_output,
         preload_key_files=tuple(dict.fromkeys(p for h in resolved for p in h.key_files)),
     )
-    return execute(resolved, options, parallel=parallel, processes=processes, on_result=on_result)
+    return resolved, options
 
 
 def _resolve_hosts(
     hosts: Iterable[Host | str], user: str | None, port: int | None, key_files: Sequence[str],
 ) -> list[Host]:
-    """Hosts with defaults filled in and every path absolute (workers have another cwd/HOME)."""
     from .inventory import hosts_from_targets
 
     keys = tuple(expand(p) for p in key_files)

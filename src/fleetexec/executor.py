@@ -1,14 +1,17 @@
 """The worker pool: the only module that knows about processes and threads.
 
 A multiprocessing Pool of a few long-lived worker processes (about one per
-core: CPU for handshakes); each worker runs many sessions at once on threads
+core: CPU for handshakes); each runs many sessions at once on threads
 (waiting on the network is free), so sessions in flight do not depend on the
-process count. Hosts flow to workers through one queue and results come back,
-one message per host, as each finishes. The parent never imports paramiko.
+process count. Each worker owns a slot with its own inbox, so a host always
+goes to the same worker and, in a fleet session, finds its connection still
+open there. Results come back one message per host, as each finishes. The
+parent never imports paramiko.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import multiprocessing.pool
@@ -19,15 +22,15 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, FleetError
 from .host import Host
 from .results import Collector, FleetResult, HostResult, OnResult, Status
 from .ssh.options import SessionOptions
 
-__all__ = ["DEFAULT_PARALLEL", "Plan", "execute", "plan"]
+__all__ = ["DEFAULT_PARALLEL", "Plan", "WorkerPool", "execute", "plan"]
 
 DEFAULT_PARALLEL = 256
 HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
@@ -35,11 +38,12 @@ _FDS_PER_SESSION = 3  # the socket, plus the pipe behind paramiko's Channel.file
 _FDS_RESERVED = 64
 _GRACE = 5.0  # the parent gives up on a host this long after its own deadlines
 _POLL = 0.25
+_DRAIN_GRACE = 2.0  # after a slot's inbox drained, a job not started by then was lost
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How many processes and sessions a run uses, and why."""
+    """How many processes and sessions a run uses."""
 
     processes: int
     threads_per_process: int
@@ -69,10 +73,10 @@ def plan(hosts: int, parallel: int | None = None, processes: int | None = None) 
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(options: SessionOptions, jobs: Any, results: Any, parent_pid: int) -> None:
+def _init_worker(options: SessionOptions, inboxes: Any, results: Any, parent_pid: int) -> None:
     # The parent owns Ctrl-C: it stops the run and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(options=options, jobs=jobs, results=results)
+    _worker.update(options=options, inboxes=inboxes, results=results)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 
@@ -86,86 +90,183 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _serve(threads: int) -> None:
-    """A worker's one long task: run hosts from the queue on `threads` threads."""
+def _serve(slot: int, threads: int, reuse: bool) -> None:
+    """A worker's one long task: run the jobs of `slot`'s inbox on `threads` threads."""
     from .ssh.session import WorkerContext, run_on_host
 
-    results, jobs, pid = _worker["results"], _worker["jobs"], os.getpid()
+    results, inbox, pid = _worker["results"], _worker["inboxes"][slot], os.getpid()
     try:
         context = WorkerContext(_worker["options"])
     except ConfigError as error:
-        results.put(("config_error", pid, str(error)))
+        results.put(("config_error", slot, pid, str(error)))
         return
-    results.put(("ready", pid, None))
+    results.put(("ready", slot, pid, None))
 
     def loop() -> None:
-        while (job := jobs.get()) is not None:
-            index, host = job
-            results.put(("start", index, pid))
-            results.put(("done", index, run_on_host(host, context)))
+        while (job := inbox.get()) is not None:
+            kind, run_id, index, payload = job
+            if kind == "drain":  # every job of this run before it has been taken
+                results.put(("drained", slot, run_id, None))
+                continue
+            host, command = payload
+            results.put(("start", slot, run_id, index))
+            results.put(("done", slot, run_id, run_on_host(host, command, context, reuse)))
 
     workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
     for thread in workers:
         thread.start()
     for thread in workers:
         thread.join()
+    context.close_connections()
 
 
 # ---- parent side --------------------------------------------------------------
 
 
 def execute(
-    hosts: Sequence[Host], options: SessionOptions, *, parallel: int | None = None,
-    processes: int | None = None, on_result: OnResult | None = None,
+    hosts: Sequence[Host], command: str, options: SessionOptions, *,
+    parallel: int | None = None, processes: int | None = None, on_result: OnResult | None = None,
 ) -> FleetResult:
-    """Run `options.command` on every host; results reach `on_result` as hosts finish.
+    """Run `command` on every host once; results reach `on_result` as hosts finish.
 
     Raises `ConfigError` (before any host is contacted) when a worker cannot
     load the configured keys. Ctrl-C stops the run: hosts not finished are
     reported `INTERRUPTED` and the result has `interrupted=True`.
     """
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        # A worker is re-importing the caller's script (spawn/forkserver do that).
-        raise RuntimeError(
-            "fleetexec.run() called while a worker process imported your main module: "
-            "put the call under `if __name__ == '__main__':`"
-        )
-    names = [h.name for h in hosts]
-    if len(set(names)) != len(names):
-        raise ConfigError("the same host name appears twice in one run")
-    begin = time.monotonic()
-    collector = Collector(names, on_result)
     if not hosts:
-        return collector.result(0.0)
-    sizing = plan(len(hosts), parallel, processes)
-    options = _with_handshake_cap(options, sizing.handshakes_per_process)
-    context = multiprocessing.get_context("forkserver")  # forking a threaded parent is unsafe
-    context.set_forkserver_preload(["fleetexec.ssh.session"])
-    jobs, results = context.Queue(), context.Queue()
-    for index, host in enumerate(hosts):
-        jobs.put((index, host))
-    run = _Run(hosts, options, collector, results, jobs, sizing)
-    pool = context.Pool(sizing.processes, _init_worker, (options, jobs, results, os.getpid()))
+        return Collector([], on_result).result(0.0)
+    pool = WorkerPool(options, plan(len(hosts), parallel, processes), reuse=False)
     try:
-        run.start(pool)
-        run.wait()
-    except KeyboardInterrupt:
-        run.interrupt()
+        return pool.run(hosts, command, on_result)
     finally:
-        pool.terminate()
-        pool.join()
-        for q in (jobs, results):
+        pool.close(graceful=False)
+
+
+class WorkerPool:
+    """Long-lived worker processes; with `reuse`, each keeps its hosts' connections open."""
+
+    def __init__(self, options: SessionOptions, sizing: Plan, reuse: bool) -> None:
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A worker is re-importing the caller's script (spawn/forkserver do that).
+            raise RuntimeError(
+                "fleetexec called while a worker process imported your main module: "
+                "put the call under `if __name__ == '__main__':`"
+            )
+        self.sizing = sizing
+        self.options = replace(options, handshakes_in_flight=sizing.handshakes_per_process)
+        self.reuse = reuse
+        context = multiprocessing.get_context("forkserver")  # forking a threaded parent is unsafe
+        context.set_forkserver_preload(["fleetexec.ssh.session"])
+        self._inboxes = [context.Queue() for _ in range(sizing.processes)]
+        self._results = context.Queue()
+        self._pool = context.Pool(sizing.processes, _init_worker,
+                                  (self.options, self._inboxes, self._results, os.getpid()))
+        self._servers: dict[int, multiprocessing.pool.AsyncResult[None]] = {}
+        self._pids: dict[int, int] = {}  # slot -> pid of the worker serving it
+        self._ever_ready = False
+        self._run_ids = itertools.count()
+        self.closed = False
+        for slot in range(sizing.processes):
+            self._start_server(slot)
+
+    def _start_server(self, slot: int) -> None:
+        self._servers[slot] = self._pool.apply_async(
+            _serve, (slot, self.sizing.threads_per_process, self.reuse))
+
+    def run(self, hosts: Sequence[Host], command: str,
+            on_result: OnResult | None = None) -> FleetResult:
+        """Run `command` on `hosts` (unique names) and collect every host's result."""
+        if self.closed:
+            raise FleetError("this worker pool is closed")
+        names = [h.name for h in hosts]
+        if len(set(names)) != len(names):
+            raise ConfigError("the same host name appears twice in one run")
+        begin = time.monotonic()
+        run = _Run(next(self._run_ids), hosts, self.options, Collector(names, on_result))
+        for index, host in enumerate(hosts):
+            slot = index % self.sizing.processes
+            run.sent[index] = slot
+            self._inboxes[slot].put(("job", run.run_id, index, (host, command)))
+        for inbox in self._inboxes:
+            inbox.put(("drain", run.run_id, 0, None))
+        try:
+            self._wait(run)
+        except KeyboardInterrupt:
+            run.interrupt()
+            self.close(graceful=False)  # stops every session still running
+        if run.config_error:
+            self.close(graceful=False)
+            raise ConfigError(run.config_error)
+        return run.collector.result(round(time.monotonic() - begin, 6), run.interrupted)
+
+    def _wait(self, run: _Run) -> None:
+        last_check = time.monotonic()
+        while run.collector.pending and run.config_error is None:
+            try:
+                kind, slot, key, value = self._results.get(timeout=_POLL)
+                self._handle(run, kind, slot, key, value)
+            except queue.Empty:
+                pass
+            if time.monotonic() - last_check >= _POLL:
+                last_check = time.monotonic()
+                self._check_workers(run)
+                run.check_overdue()
+                run.check_drained()
+
+    def _handle(self, run: _Run, kind: str, slot: int, key: int, value: Any) -> None:
+        if kind == "ready":
+            self._pids[slot] = key
+            self._ever_ready = True
+        elif kind == "config_error":
+            run.config_error = value
+        elif key != run.run_id:
+            return  # a late message from an earlier, abandoned run
+        elif kind == "start":
+            run.started[value] = time.monotonic()
+        elif kind == "done":
+            run.finish(value)
+        elif kind == "drained":
+            run.drained[slot] = time.monotonic()
+
+    def _check_workers(self, run: _Run) -> None:
+        alive = {child.pid for child in multiprocessing.active_children()}
+        if not self._ever_ready:
+            # Pool has no public view of its processes; start-up deaths show only here.
+            spawned = {p.pid for p in self._pool._pool}  # type: ignore[attr-defined]
+            if len(spawned - alive) >= 2 * self.sizing.processes:
+                run.config_error = ("worker processes die while starting; if you call fleetexec "
+                                    "from a script, guard it with `if __name__ == '__main__':`")
+                return
+        for slot, pid in list(self._pids.items()):
+            if pid not in alive:
+                del self._pids[slot]
+                run.worker_died(slot)
+                self._start_server(slot)  # the pool starts a replacement process
+        for slot, server in self._servers.items():
+            if server.ready() and not server.successful():
+                try:
+                    server.get()
+                except Exception as error:  # a bug in the worker: report it, do not hang
+                    run.abandon_slot(slot, f"internal error in worker: "
+                                     f"{type(error).__name__}: {error}")
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop the workers; `graceful` lets them close their connections first."""
+        if self.closed:
+            return
+        self.closed = True
+        if graceful:
+            for inbox in self._inboxes:
+                for _ in range(self.sizing.threads_per_process):
+                    inbox.put(None)
+            deadline = time.monotonic() + 5.0
+            for server in self._servers.values():
+                server.wait(max(0.0, deadline - time.monotonic()))
+        self._pool.terminate()
+        self._pool.join()
+        for q in (*self._inboxes, self._results):
             q.close()
             q.cancel_join_thread()
-    if run.config_error:
-        raise ConfigError(run.config_error)
-    return collector.result(round(time.monotonic() - begin, 6), interrupted=run.interrupted)
-
-
-def _with_handshake_cap(options: SessionOptions, handshakes: int) -> SessionOptions:
-    from dataclasses import replace
-
-    return replace(options, handshakes_in_flight=handshakes)
 
 
 def _pick(own: float | None, default: float) -> float:
@@ -173,109 +274,57 @@ def _pick(own: float | None, default: float) -> float:
 
 
 class _Run:
-    """The parent's bookkeeping for one run: who started where, who is overdue."""
+    """The parent's bookkeeping for one run: where each host went, who is overdue."""
 
     def __init__(
-        self, hosts: Sequence[Host], options: SessionOptions, collector: Collector, results: Any,
-        jobs: Any, sizing: Plan,
+        self, run_id: int, hosts: Sequence[Host], options: SessionOptions, collector: Collector,
     ) -> None:
-        self.hosts, self.options, self.collector = hosts, options, collector
-        self.results, self.jobs = results, jobs
-        self.sizing = sizing
-        self.started: dict[int, tuple[int, float]] = {}  # host index -> (worker pid, when)
-        self.workers: set[int] = set()
-        self.ever_ready = False
-        self.early_deaths = 0
-        self.serving: list[multiprocessing.pool.AsyncResult[None]] = []
+        self.run_id, self.hosts, self.options, self.collector = run_id, hosts, options, collector
+        self.index_of = {host.name: index for index, host in enumerate(hosts)}
+        self.sent: dict[int, int] = {}  # host index -> slot
+        self.started: dict[int, float] = {}  # host index -> when it started
+        self.drained: dict[int, float] = {}  # slot -> when its drain marker came back
         self.config_error: str | None = None
         self.interrupted = False
-        self.pool: multiprocessing.pool.Pool | None = None
 
-    def start(self, pool: multiprocessing.pool.Pool) -> None:
-        self.pool = pool
-        for _ in range(self.sizing.processes):
-            self._add_server()
-
-    def _add_server(self) -> None:
-        assert self.pool is not None  # noqa: S101
-        for _ in range(self.sizing.threads_per_process):
-            self.jobs.put(None)  # one stop sentinel per thread of this server
-        self.serving.append(self.pool.apply_async(_serve, (self.sizing.threads_per_process,)))
-
-    def wait(self) -> None:
-        last_check = time.monotonic()
-        while self.collector.pending and self.config_error is None:
-            try:
-                kind, key, value = self.results.get(timeout=_POLL)
-                self._handle(kind, key, value)
-            except queue.Empty:
-                pass
-            if time.monotonic() - last_check >= _POLL:
-                last_check = time.monotonic()
-                self._check_workers()
-                self._check_overdue()
-
-    def _handle(self, kind: str, key: int, value: Any) -> None:
-        if kind == "ready":
-            self.workers.add(key)
-            self.ever_ready = True
-        elif kind == "config_error":
-            self.config_error = value
-        elif kind == "start":
-            self.started[key] = (value, time.monotonic())
-        elif kind == "done":
-            self.started.pop(key, None)
-            self.collector.add(value)
-
-    def _check_workers(self) -> None:
-        assert self.pool is not None  # noqa: S101
-        alive = {child.pid for child in multiprocessing.active_children()}
-        if not self.ever_ready and self.early_deaths < 1_000:
-            # Pool has no public view of its processes; start-up deaths show only here.
-            spawned = {p.pid for p in self.pool._pool}  # type: ignore[attr-defined]
-            self.early_deaths += len(spawned - alive)
-            if self.early_deaths >= 2 * self.sizing.processes:
-                self.config_error = ("worker processes die while starting; if you call "
-                                     "fleetexec.run() from a script, guard it with "
-                                     "`if __name__ == '__main__':`")
-                return
-        for pid in self.workers - alive:
-            self.workers.discard(pid)
-            for index, (owner, _) in list(self.started.items()):
-                if owner == pid:
-                    self._give_up(index, Status.ERROR, "its worker process died mid-run")
-            self._add_server()  # the pool starts a replacement process; give it work
-        for task in self.serving:
-            if task.ready() and not task.successful() and self.config_error is None:
-                try:
-                    task.get()
-                except Exception as error:  # a bug in the worker: say so, do not hang
-                    self.config_error = f"worker failed: {type(error).__name__}: {error}"
-        if all(task.ready() for task in self.serving):
-            for name in self.collector.pending:  # nobody left to run them
-                self.collector.add(
-                    HostResult(name, Status.ERROR, error="lost with a worker process")
-                )
-
-    def _check_overdue(self) -> None:
-        now = time.monotonic()
-        for index, (_, since) in list(self.started.items()):
-            host = self.hosts[index]
-            budget = self._budget(host)
-            if budget is not None and now - since > budget:
-                self._give_up(index, Status.TIMEOUT, f"no result {budget:g}s after start "
-                              "(deadlines plus grace); the session was abandoned")
-
-    def _budget(self, host: Host) -> float | None:
-        options = self.options
-        command = _pick(host.command_timeout, options.command_timeout)
-        if not command:
-            return None
-        return _pick(host.connect_timeout, options.connect_timeout) + command + _GRACE
+    def finish(self, result: HostResult) -> None:
+        self.started.pop(self.index_of.get(result.host, -1), None)
+        self.collector.add(result)
 
     def _give_up(self, index: int, status: Status, message: str) -> None:
         self.started.pop(index, None)
         self.collector.add(HostResult(self.hosts[index].name, status, error=message))
+
+    def worker_died(self, slot: int) -> None:
+        for index in [i for i in self.started if self.sent[i] == slot]:
+            self._give_up(index, Status.ERROR, "its worker process died mid-run")
+
+    def abandon_slot(self, slot: int, message: str) -> None:
+        for index, owner in self.sent.items():
+            if owner == slot and not self.collector.has(self.hosts[index].name):
+                self._give_up(index, Status.ERROR, message)
+
+    def check_drained(self) -> None:
+        now = time.monotonic()
+        for slot, when in self.drained.items():
+            if now - when < _DRAIN_GRACE:
+                continue
+            for index, owner in self.sent.items():
+                name = self.hosts[index].name
+                if owner == slot and index not in self.started and not self.collector.has(name):
+                    self._give_up(index, Status.ERROR, "lost with a worker process")
+
+    def check_overdue(self) -> None:
+        now = time.monotonic()
+        for index, since in list(self.started.items()):
+            host = self.hosts[index]
+            command = _pick(host.command_timeout, self.options.command_timeout)
+            if not command:
+                continue
+            budget = _pick(host.connect_timeout, self.options.connect_timeout) + command + _GRACE
+            if now - since > budget:
+                self._give_up(index, Status.TIMEOUT, f"no result {budget:g}s after start "
+                              "(deadlines plus grace); the session was abandoned")
 
     def interrupt(self) -> None:
         self.interrupted = True

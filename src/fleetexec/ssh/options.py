@@ -33,13 +33,12 @@ class Secret:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """How every host of a run is reached and how long it may take.
+    """How every host is reached and how long a command may take (the command comes per run).
 
     Per-host values in `Host` (user, port, key files, timeouts, known_hosts
     file) win over the defaults here.
     """
 
-    command: str
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     host_key_policy: str = "strict"

@@ -7,6 +7,7 @@ is done once per process (known_hosts parsed, keys loaded, the watchdog).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import select
@@ -29,6 +30,11 @@ from .watchdog import Alarm, Watchdog
 
 __all__ = ["WorkerContext", "run_on_host"]
 
+# paramiko logs connection errors at WARNING; with no handler configured Python
+# would print them on stderr, between our sanitised lines. Failures are reported
+# as results instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 _READ_SIZE = 65536
 _BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
 _CLOSED_BEFORE_BANNER_RETRIES = 3  # sshd's MaxStartups drops look exactly like this
@@ -41,6 +47,14 @@ class _Failure(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _StaleConnection(_Failure):
+    """The connection was dead before the command started: safe to retry on a new one."""
+
+    def __init__(self) -> None:
+        super().__init__(Status.CONNECTION_LOST, "connection lost before the command started")
+        self.result: HostResult | None = None
 
 
 def _handle_channel_request(chan: Channel, m: Message) -> None:
@@ -115,6 +129,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         for path in options.preload_key_files:
             self.key(path)
+        self.connections: dict[str, paramiko.SSHClient] = {}  # kept only when reusing
         self.agent_keys: tuple[paramiko.PKey, ...] = ()
         if options.use_agent and options.agent_socket:
             # Workers inherit the forkserver's environment, not the caller's.
@@ -138,9 +153,55 @@ class WorkerContext:
                 self._known[files] = KnownHosts.load(files)
             return self._known[files]
 
+    def close_connections(self) -> None:
+        """Close every kept connection (a fleet session ends)."""
+        for client in self.connections.values():
+            client.close()
+        self.connections.clear()
 
-def run_on_host(host: Host, context: WorkerContext) -> HostResult:
-    """Run the context's command on `host` and return what happened. Never raises."""
+
+def run_on_host(
+    host: Host, command: str, context: WorkerContext, reuse: bool = False
+) -> HostResult:
+    """Run `command` on `host` and return what happened. Never raises.
+
+    With `reuse`, the authenticated connection is kept in the context for the
+    next command on this host; a kept connection that has died is replaced
+    transparently (only when the command provably did not start on it).
+    """
+    kept = context.connections.pop(host.name, None) if reuse else None
+    if kept is not None:
+        try:
+            return _keep_or_close(_run_once(host, command, context, kept), host, context, kept)
+        except _StaleConnection:
+            kept.close()  # it died while idle; the command never started: reconnect
+    opened: list[paramiko.SSHClient] = []
+    try:
+        result = _run_once(host, command, context, None, opened)
+    except _StaleConnection as stale:
+        assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
+        result = stale.result
+    return _keep_or_close(result, host, context, opened[0] if opened else None, reuse)
+
+
+def _keep_or_close(
+    result: HostResult, host: Host, context: WorkerContext, client: paramiko.SSHClient | None,
+    reuse: bool = True,
+) -> HostResult:
+    if client is None:
+        return result
+    transport = client.get_transport()
+    if reuse and transport is not None and transport.is_active() and result.status.ran:
+        context.connections[host.name] = client
+    else:
+        client.close()
+    return result
+
+
+def _run_once(
+    host: Host, command: str, context: WorkerContext, client: paramiko.SSHClient | None,
+    opened: list[paramiko.SSHClient] | None = None,
+) -> HostResult:
     options = context.options
     started, begin = time.time(), time.monotonic()
     out, err = _Capped(options.max_output), _Capped(options.max_output)
@@ -154,17 +215,21 @@ def run_on_host(host: Host, context: WorkerContext) -> HostResult:
             started=started, duration=round(time.monotonic() - begin, 6), error=error,
         )
 
-    client: paramiko.SSHClient | None = None
     try:
-        client = _connect(host, context, begin)
-        return _execute(client, host, context, out, err, finish)
+        if client is None:
+            client = _connect(host, context, begin)
+            if opened is not None:
+                opened.append(client)
+        return _execute(client, host, command, context, out, err, finish)
+    except _StaleConnection as stale:
+        stale.result = finish(stale.status, stale.message)
+        raise
     except _Failure as failure:
         return finish(failure.status, failure.message)
     except Exception as error:  # a bug or an unforeseen paramiko error: still a value
-        return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
-    finally:
         if client is not None:
             client.close()
+        return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
 
 
 def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
@@ -327,8 +392,8 @@ class _Capped:
 
 
 def _execute(
-    client: paramiko.SSHClient, host: Host, context: WorkerContext, out: _Capped, err: _Capped,
-    finish: Callable[..., HostResult],
+    client: paramiko.SSHClient, host: Host, command: str, context: WorkerContext, out: _Capped,
+    err: _Capped, finish: Callable[..., HostResult],
 ) -> HostResult:
     options = context.options
     timeout = host.command_timeout if host.command_timeout is not None else options.command_timeout
@@ -338,12 +403,12 @@ def _execute(
     try:
         try:
             channel = transport.open_session(timeout=timeout or None)
-            channel.exec_command(options.command)
+            channel.exec_command(command)
         except Exception as error:
             if alarm is not None and alarm.fired:
                 return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
             if not transport.is_active():
-                return finish(Status.CONNECTION_LOST, "connection lost before the command started")
+                raise _StaleConnection() from None
             return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: {error}")
         _drain(channel, out, err)
     finally:
