@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .exceptions import ConfigError, InventoryError
+from .exceptions import FleetError, InventoryError
 from .host import Host
 from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult, HostResult
 
@@ -161,6 +161,11 @@ def main() -> None:
               help="Prompt once for a password (or set FLEETEXEC_PASSWORD).")
 @click.option("--ask-passphrase", is_flag=True,
               help="Prompt once for the key passphrase (or set FLEETEXEC_PASSPHRASE).")
+@click.option("--persist", is_flag=True,
+              help="Keep connections open in a per-user background agent (like ssh's "
+                   "ControlPersist), so the next --persist run skips the handshakes.")
+@click.option("--persist-idle", default=600.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=1), help="The agent exits after this long unused.")
 @click.option("--progress/--no-progress", default=None,
               help="A line per finished host on stderr [on when stderr is a terminal].")
 @click.pass_context
@@ -219,15 +224,22 @@ def _execute(
 
     # SIGTERM stops the run the way Ctrl-C does: partial results, no orphans.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    options = {
+        "known_hosts": list(opts["known_hosts"]),
+        "system_known_hosts": not opts["no_system_known_hosts"],
+        "host_key_policy": opts["host_key_policy"], "parallel": opts["parallel"],
+        "processes": opts["processes"], "max_output": max_output, "use_agent": opts["use_agent"],
+        "password": password, "passphrase": passphrase,
+    }
     try:
-        result = run_fleet(
-            hosts, command, known_hosts=opts["known_hosts"],
-            system_known_hosts=not opts["no_system_known_hosts"],
-            host_key_policy=opts["host_key_policy"], parallel=opts["parallel"],
-            processes=opts["processes"], max_output=max_output, use_agent=opts["use_agent"],
-            password=password, passphrase=passphrase, on_result=on_result,
-        )
-    except (ConfigError, InventoryError) as error:
+        if opts.get("persist"):
+            from .agent import run_via_agent
+
+            result = run_via_agent(hosts, command, idle=opts["persist_idle"], on_result=on_result,
+                                   **options)
+        else:
+            result = run_fleet(hosts, command, on_result=on_result, **options)
+    except FleetError as error:
         _fail(str(error))
     if output_format == "table":
         click.echo(render.render_table(result))
@@ -290,6 +302,23 @@ def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
                 "processes": None, "use_agent": False}
         result = _execute(hosts, " ".join(command) or "df -h", opts, 1024 * 1024, None, None)
     sys.exit(result.exit_code)
+
+
+@main.group()
+def agent() -> None:
+    """The background agent that `run --persist` starts to keep connections open."""
+
+
+@agent.command("stop")
+def agent_stop() -> None:
+    """Close the agent's connections and stop it."""
+    from .agent import stop_agent
+
+    try:
+        stopped = stop_agent()
+    except FleetError as error:
+        _fail(str(error))
+    click.echo("fleetexec agent stopped" if stopped else "no fleetexec agent is running")
 
 
 def entry() -> None:

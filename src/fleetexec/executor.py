@@ -21,6 +21,7 @@ import resource
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -173,9 +174,18 @@ class WorkerPool:
         self._servers[slot] = self._pool.apply_async(
             _serve, (slot, self.sizing.threads_per_process, self.reuse))
 
-    def run(self, hosts: Sequence[Host], command: str,
-            on_result: OnResult | None = None) -> FleetResult:
-        """Run `command` on `hosts` (unique names) and collect every host's result."""
+    def _slot(self, index: int, host: Host) -> int:
+        if self.reuse:  # the same host always meets its kept connection, whatever the selection
+            return zlib.crc32(host.name.encode()) % self.sizing.processes
+        return index % self.sizing.processes
+
+    def run(self, hosts: Sequence[Host], command: str, on_result: OnResult | None = None,
+            cancel: threading.Event | None = None) -> FleetResult:
+        """Run `command` on `hosts` (unique names) and collect every host's result.
+
+        Ctrl-C, or `cancel` being set from another thread, interrupts the run
+        like Ctrl-C: unfinished hosts are `INTERRUPTED` and the workers stop.
+        """
         if self.closed:
             raise FleetError("this worker pool is closed")
         names = [h.name for h in hosts]
@@ -184,13 +194,12 @@ class WorkerPool:
         begin = time.monotonic()
         run = _Run(next(self._run_ids), hosts, self.options, Collector(names, on_result))
         for index, host in enumerate(hosts):
-            slot = index % self.sizing.processes
-            run.sent[index] = slot
+            run.sent[index] = slot = self._slot(index, host)
             self._inboxes[slot].put(("job", run.run_id, index, (host, command)))
         for inbox in self._inboxes:
             inbox.put(("drain", run.run_id, 0, None))
         try:
-            self._wait(run)
+            self._wait(run, cancel)
         except KeyboardInterrupt:
             run.interrupt()
             self.close(graceful=False)  # stops every session still running
@@ -199,9 +208,11 @@ class WorkerPool:
             raise ConfigError(run.config_error)
         return run.collector.result(round(time.monotonic() - begin, 6), run.interrupted)
 
-    def _wait(self, run: _Run) -> None:
+    def _wait(self, run: _Run, cancel: threading.Event | None) -> None:
         last_check = time.monotonic()
         while run.collector.pending and run.config_error is None:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
             try:
                 kind, slot, key, value = self._results.get(timeout=_POLL)
                 self._handle(run, kind, slot, key, value)

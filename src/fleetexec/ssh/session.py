@@ -129,7 +129,8 @@ class WorkerContext:
         self._lock = threading.Lock()
         for path in options.preload_key_files:
             self.key(path)
-        self.connections: dict[str, paramiko.SSHClient] = {}  # kept only when reusing
+        # Connections kept for the next command (fleet sessions only).
+        self.connections: dict[tuple[object, ...], paramiko.SSHClient] = {}
         self.agent_keys: tuple[paramiko.PKey, ...] = ()
         if options.use_agent and options.agent_socket:
             # Workers inherit the forkserver's environment, not the caller's.
@@ -169,7 +170,7 @@ def run_on_host(
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
     """
-    kept = context.connections.pop(host.name, None) if reuse else None
+    kept = context.connections.pop(_identity(host), None) if reuse else None
     if kept is not None:
         try:
             return _keep_or_close(_run_once(host, command, context, kept), host, context, kept)
@@ -184,6 +185,11 @@ def run_on_host(
     return _keep_or_close(result, host, context, opened[0] if opened else None, reuse)
 
 
+def _identity(host: Host) -> tuple[object, ...]:
+    # What a kept connection was made with: a host whose settings changed gets a new one.
+    return (host.name, host.address, host.port, host.user, host.key_files, host.known_hosts_file)
+
+
 def _keep_or_close(
     result: HostResult, host: Host, context: WorkerContext, client: paramiko.SSHClient | None,
     reuse: bool = True,
@@ -192,7 +198,7 @@ def _keep_or_close(
         return result
     transport = client.get_transport()
     if reuse and transport is not None and transport.is_active() and result.status.ran:
-        context.connections[host.name] = client
+        context.connections[_identity(host)] = client
     else:
         client.close()
     return result

@@ -21,6 +21,10 @@ Kinds (the numbers are rows of the fault catalogue, research/faults.md §2):
 ``no-newline``     ``SSH-2.0-`` and then ``cap`` bytes with no newline (20)
 ``slow-drip``      the banner one byte per ``interval``; ``endless=True``
                    never finishes the line (21, 22)
+``accept-close``   accepts TCP and closes at once, before any byte: how a
+                   firewall or an older sshd over ``MaxStartups`` drops (13)
+``maxstartups``    ``Exceeded MaxStartups`` and a line end, then close: how
+                   OpenSSH 9.2p1 drops a connection over ``MaxStartups`` (13)
 =================  ==========================================================
 
 `closed_port()` gives a port with nothing listening (row 9).
@@ -38,11 +42,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Literal, get_args
 
-__all__ = ["BANNER", "FaultKind", "FaultServer", "closed_port"]
+__all__ = ["BANNER", "MAXSTARTUPS", "FaultKind", "FaultServer", "closed_port"]
 
 FaultKind = Literal[
     "tarpit", "blackhole", "http", "binary", "lines", "ssh1",
-    "banner-silence", "bad-packet", "no-newline", "slow-drip",
+    "banner-silence", "bad-packet", "no-newline", "slow-drip", "accept-close", "maxstartups",
 ]
 BANNER: Final = b"SSH-2.0-OpenSSH_9.2\r\n"
 _HTTP: Final = (
@@ -52,6 +56,8 @@ _HTTP: Final = (
 # A packet length of 0xffffffff is not a multiple of any cipher block size,
 # so paramiko fails at once ("Invalid packet blocking") instead of waiting.
 _BAD_PACKET: Final = b"\xff" * 64
+# What sshd writes (best effort) before closing a connection over MaxStartups.
+MAXSTARTUPS: Final = b"Exceeded MaxStartups\r\n"
 _CHUNK: Final = 4096
 
 
@@ -212,6 +218,11 @@ class FaultServer:
 
     def _behave(self, c: _Conn) -> None:
         kind = self.kind
+        if kind == "accept-close":
+            return  # _serve closes the connection; the client has sent nothing: a FIN
+        if kind == "maxstartups":
+            c.send(MAXSTARTUPS)
+            return
         if kind in ("http", "binary"):
             c.send(_HTTP if kind == "http" else _binary_bytes())
             # Half-close, then read until the client hangs up: closing with

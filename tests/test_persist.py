@@ -1,0 +1,69 @@
+"""`fleetexec run --persist`: a per-user agent keeps connections open between CLI calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def runtime_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "runtime"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(directory))
+    yield directory
+    subprocess.run([sys.executable, "-m", "fleetexec", "agent", "stop"], capture_output=True,
+                   timeout=30)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "fleetexec", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_second_persistent_run_reuses_the_connections(sshd, tmp_path, runtime_dir):
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.1", "127.0.6.2"])
+    runs = []
+    for _ in range(2):
+        done = cli("run", "-i", str(inventory), "--no-system-known-hosts", "--persist",
+                   "-o", "json", "--", "echo $SSH_CONNECTION")
+        assert done.returncode == 0, done.stderr
+        runs.append({h["host"]: h["stdout"].split()[1] for h in json.loads(done.stdout)["hosts"]})
+    assert runs[0] == runs[1]  # same client ports: the same TCP connections
+    socket_file = runtime_dir / "fleetexec" / "agent.sock"
+    assert stat.S_IMODE(os.stat(socket_file.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(socket_file).st_mode) == 0o600
+    stopped = cli("agent", "stop")
+    assert "stopped" in stopped.stdout
+    assert not socket_file.exists()
+
+
+def test_persistent_results_and_statuses_match_a_fresh_run(sshd, tmp_path, runtime_dir):
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.11"])
+    fresh = cli("run", "-i", str(inventory), "--no-system-known-hosts", "-o", "json", "--",
+                "echo out; echo err >&2; exit 4")
+    kept = cli("run", "-i", str(inventory), "--no-system-known-hosts", "-o", "json", "--persist",
+               "--", "echo out; echo err >&2; exit 4")
+    assert fresh.returncode == kept.returncode == 1
+
+    def essentials(done):
+        host = json.loads(done.stdout)["hosts"][0]
+        return {k: host[k] for k in ("host", "status", "exit_code", "stdout", "stderr")}
+
+    assert essentials(fresh) == essentials(kept)
+
+
+def test_an_unsafe_agent_directory_is_refused(sshd, tmp_path, runtime_dir):
+    (runtime_dir / "fleetexec").mkdir(mode=0o777)
+    os.chmod(runtime_dir / "fleetexec", 0o777)
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.21"])
+    done = cli("run", "-i", str(inventory), "--no-system-known-hosts", "--persist", "--", "true")
+    assert done.returncode == 2
+    assert "mode 0700" in done.stderr and "Traceback" not in done.stderr
