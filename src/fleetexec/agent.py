@@ -193,6 +193,7 @@ class _Agent:
         self.active = 0
         self.last_used = time.monotonic()
         self.stopping = threading.Event()
+        self.withdrawn = False
 
     def serve(self) -> None:
         listener = self._listen()
@@ -209,11 +210,18 @@ class _Agent:
                     continue
                 threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            self._withdraw()
             listener.close()
             for pool, _ in self.pools.values():
                 pool.close(graceful=True)
+
+    def _withdraw(self) -> None:
+        # Once only: a later agent may already listen at the same path.
+        with self.lock:
+            if not self.withdrawn:
+                self.withdrawn = True
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
 
     def _listen(self) -> socket.socket:
         _private_directory(self.path)
@@ -243,6 +251,7 @@ class _Agent:
                 return
             if request.get("type") == "stop":
                 self.stopping.set()
+                self._withdraw()  # gone from the moment `agent stop` returns
                 _send(conn, {"type": "stopped"})
                 return
             with self.lock:

@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_PARALLEL", "Plan", "WorkerPool", "execute", "plan"]
 
 DEFAULT_PARALLEL = 256
 HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
-_FDS_PER_SESSION = 3  # the socket, plus the pipe behind paramiko's Channel.fileno()
+_FDS_PER_SESSION = 1  # its socket
 _FDS_RESERVED = 64
 _GRACE = 5.0  # the parent gives up on a host this long after its own deadlines
 _POLL = 0.25

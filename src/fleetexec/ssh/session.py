@@ -7,6 +7,7 @@ is done once per process (known_hosts parsed, keys loaded, the watchdog).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -75,6 +76,10 @@ def _handle_channel_request(chan: Channel, m: Message) -> None:
 class _FleetTransport(paramiko.Transport):
     """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
 
+    # The transport thread polls its socket this often to notice a local close;
+    # paramiko's 0.1 s wakes every idle connection ten times a second. Our
+    # closes shut the socket down first, which wakes the thread at once.
+    _active_check_timeout = 1.0
     _preferred_ciphers = (
         "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
         "aes128-ctr", "aes192-ctr", "aes256-ctr",
@@ -157,8 +162,16 @@ class WorkerContext:
     def close_connections(self) -> None:
         """Close every kept connection (a fleet session ends)."""
         for client in self.connections.values():
-            client.close()
+            _close(client)
         self.connections.clear()
+
+
+def _close(client: paramiko.SSHClient) -> None:
+    transport = client.get_transport()
+    if transport is not None:
+        with contextlib.suppress(OSError):  # wakes the transport thread now, not at its poll
+            transport.sock.shutdown(socket.SHUT_RDWR)
+    client.close()
 
 
 def run_on_host(
@@ -175,7 +188,7 @@ def run_on_host(
         try:
             return _keep_or_close(_run_once(host, command, context, kept), host, context, kept)
         except _StaleConnection:
-            kept.close()  # it died while idle; the command never started: reconnect
+            _close(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
         result = _run_once(host, command, context, None, opened)
@@ -200,7 +213,7 @@ def _keep_or_close(
     if reuse and transport is not None and transport.is_active() and result.status.ran:
         context.connections[_identity(host)] = client
     else:
-        client.close()
+        _close(client)
     return result
 
 
@@ -234,7 +247,7 @@ def _run_once(
         return finish(failure.status, failure.message)
     except Exception as error:  # a bug or an unforeseen paramiko error: still a value
         if client is not None:
-            client.close()
+            _close(client)
         return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
 
 
@@ -264,7 +277,7 @@ def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCl
         try:
             _handshake(client, sock, host, context, alarm, timeout)
         except BaseException:
-            client.close()
+            _close(client)
             sock.close()
             raise
         finally:
@@ -303,7 +316,9 @@ def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: f
     """
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+        poller = select.poll()  # not select.select: fds above 1023 are normal here
+        poller.register(sock, select.POLLIN)
+        if remaining <= 0 or not poller.poll(remaining * 1000):
             raise _Failure(Status.TIMEOUT, f"no SSH banner within {timeout:g}s")
         try:
             data = sock.recv(_BANNER_LINE_MAX, socket.MSG_PEEK)
@@ -440,13 +455,20 @@ def _drain(channel: Channel, out: _Capped, err: _Capped) -> None:
     """Read stdout and stderr together until EOF, then wait for the exit status.
 
     Reading one stream first deadlocks once the other fills the ~2 MiB window.
-    The channel's fileno() is signalled by data on either stream and by close.
+    One event, set by data on either stream and by close, wakes this thread
+    (`Channel.fileno()` would do the same with an OS pipe: two more fds and
+    syscalls per session).
     """
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
-    while not channel.eof_received and not channel.closed:
-        poller.poll()
+    ready = threading.Event()
+    channel.in_buffer.set_event(ready)
+    channel.in_stderr_buffer.set_event(ready)
+    while True:
+        ready.clear()
         _read_ready(channel, out, err)
+        if channel.eof_received or channel.closed:
+            break
+        if not (channel.recv_ready() or channel.recv_stderr_ready()):
+            ready.wait()
     _read_ready(channel, out, err)
     # exit-status may follow EOF; the server's channel close (or a dead
     # transport, or the watchdog) sets status_event too.
