@@ -150,7 +150,7 @@ def main() -> None:
               show_default=True, help="accept-new records keys of new hosts; changed keys are "
               "always refused.")
 @click.option("-P", "--parallel", type=click.IntRange(min=1),
-              help="Sessions in flight at most [256, capped by the open-files limit].")
+              help="Sessions in flight at most [1024, capped by the open-files limit].")
 @click.option("--processes", type=click.IntRange(min=1), help="Worker processes [one per core].")
 @click.option("-o", "--format", "output_format", default="table", show_default=True,
               type=click.Choice(["table", "gathered", "json", "jsonl"]))

@@ -11,6 +11,7 @@ parent never imports paramiko.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import multiprocessing
@@ -33,7 +34,7 @@ from .ssh.options import SessionOptions
 
 __all__ = ["DEFAULT_PARALLEL", "Plan", "WorkerPool", "execute", "plan"]
 
-DEFAULT_PARALLEL = 256
+DEFAULT_PARALLEL = 1024  # waiting is cheap: `sleep 2` on 1000 hosts should take ~2 s
 HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
 _FDS_PER_SESSION = 1  # its socket
 _FDS_RESERVED = 64
@@ -110,8 +111,10 @@ def _serve(slot: int, threads: int, reuse: bool) -> None:
                 results.put(("drained", slot, run_id, None))
                 continue
             host, command = payload
-            results.put(("start", slot, run_id, index))
-            results.put(("done", slot, run_id, run_on_host(host, command, context, reuse)))
+            results.put(("taken", slot, run_id, index))  # it can no longer be lost in the inbox
+            started = functools.partial(results.put, ("start", slot, run_id, index))
+            results.put(("done", slot, run_id,
+                         run_on_host(host, command, context, reuse, on_start=started)))
 
     workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
     for thread in workers:
@@ -232,6 +235,8 @@ class WorkerPool:
             run.config_error = value
         elif key != run.run_id:
             return  # a late message from an earlier, abandoned run
+        elif kind == "taken":
+            run.taken.add(value)
         elif kind == "start":
             run.started[value] = time.monotonic()
         elif kind == "done":
@@ -293,7 +298,8 @@ class _Run:
         self.run_id, self.hosts, self.options, self.collector = run_id, hosts, options, collector
         self.index_of = {host.name: index for index, host in enumerate(hosts)}
         self.sent: dict[int, int] = {}  # host index -> slot
-        self.started: dict[int, float] = {}  # host index -> when it started
+        self.taken: set[int] = set()  # host indexes a worker thread has dequeued
+        self.started: dict[int, float] = {}  # host index -> when its deadlines started
         self.drained: dict[int, float] = {}  # slot -> when its drain marker came back
         self.config_error: str | None = None
         self.interrupted = False
@@ -307,8 +313,9 @@ class _Run:
         self.collector.add(HostResult(self.hosts[index].name, status, error=message))
 
     def worker_died(self, slot: int) -> None:
-        for index in [i for i in self.started if self.sent[i] == slot]:
-            self._give_up(index, Status.ERROR, "its worker process died mid-run")
+        for index in [i for i in self.taken if self.sent[i] == slot]:
+            if not self.collector.has(self.hosts[index].name):
+                self._give_up(index, Status.ERROR, "its worker process died mid-run")
 
     def abandon_slot(self, slot: int, message: str) -> None:
         for index, owner in self.sent.items():
@@ -322,7 +329,7 @@ class _Run:
                 continue
             for index, owner in self.sent.items():
                 name = self.hosts[index].name
-                if owner == slot and index not in self.started and not self.collector.has(name):
+                if owner == slot and index not in self.taken and not self.collector.has(name):
                     self._give_up(index, Status.ERROR, "lost with a worker process")
 
     def check_overdue(self) -> None:

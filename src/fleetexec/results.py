@@ -7,6 +7,7 @@ executor feeds as each host finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import sys
 import traceback
@@ -208,14 +209,21 @@ class Collector:
 
     def __init__(self, host_names: Iterable[str], on_result: OnResult | None = None) -> None:
         self._order = list(dict.fromkeys(host_names))
+        self._known = set(self._order)
         self._results: dict[str, HostResult] = {}
+        self._outputs: dict[bytes, bytes] = {}
         self._on_result = on_result
         self.callback_error: str | None = None
 
     def add(self, result: HostResult) -> bool:
         """Record `result`; False (and ignored) if that host already has one."""
-        if result.host in self._results or result.host not in self._order:
+        if result.host in self._results or result.host not in self._known:
             return False
+        # Fleets mostly print the same thing: keep one copy of each distinct output.
+        stdout = self._outputs.setdefault(result.stdout, result.stdout)
+        stderr = self._outputs.setdefault(result.stderr, result.stderr)
+        if stdout is not result.stdout or stderr is not result.stderr:
+            result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
         self._results[result.host] = result
         if self._on_result is not None and self.callback_error is None:
             try:

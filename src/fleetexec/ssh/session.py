@@ -175,10 +175,13 @@ def _close(client: paramiko.SSHClient) -> None:
 
 
 def run_on_host(
-    host: Host, command: str, context: WorkerContext, reuse: bool = False
+    host: Host, command: str, context: WorkerContext, reuse: bool = False,
+    on_start: Callable[[], object] = lambda: None,
 ) -> HostResult:
     """Run `command` on `host` and return what happened. Never raises.
 
+    `on_start` is called when the host's turn comes (after waiting for a
+    handshake slot), which is when its deadlines start.
     With `reuse`, the authenticated connection is kept in the context for the
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
@@ -186,12 +189,13 @@ def run_on_host(
     kept = context.connections.pop(_identity(host), None) if reuse else None
     if kept is not None:
         try:
-            return _keep_or_close(_run_once(host, command, context, kept), host, context, kept)
+            result = _run_once(host, command, context, kept, on_start)
+            return _keep_or_close(result, host, context, kept)
         except _StaleConnection:
             _close(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
-        result = _run_once(host, command, context, None, opened)
+        result = _run_once(host, command, context, None, on_start, opened)
     except _StaleConnection as stale:
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
@@ -219,9 +223,12 @@ def _keep_or_close(
 
 def _run_once(
     host: Host, command: str, context: WorkerContext, client: paramiko.SSHClient | None,
-    opened: list[paramiko.SSHClient] | None = None,
+    on_start: Callable[[], object], opened: list[paramiko.SSHClient] | None = None,
 ) -> HostResult:
     options = context.options
+    # Pace set-up: a burst of connects overflows accept queues. The deadlines
+    # (and the caller's clock, via on_start) start once this host's turn comes.
+    turn = _Turn(context.handshakes if client is None else None)
     started, begin = time.time(), time.monotonic()
     out, err = _Capped(options.max_output), _Capped(options.max_output)
 
@@ -235,10 +242,12 @@ def _run_once(
         )
 
     try:
+        on_start()
         if client is None:
             client = _connect(host, context, begin)
             if opened is not None:
                 opened.append(client)
+        turn.release()
         return _execute(client, host, command, context, out, err, finish)
     except _StaleConnection as stale:
         stale.result = finish(stale.status, stale.message)
@@ -249,6 +258,22 @@ def _run_once(
         if client is not None:
             _close(client)
         return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
+    finally:
+        turn.release()
+
+
+class _Turn:
+    """A handshake slot, taken on creation (when a semaphore is given), released once."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore | None) -> None:
+        self._semaphore = semaphore
+        if semaphore is not None:
+            semaphore.acquire()
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
 
 
 def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
@@ -256,32 +281,32 @@ def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCl
     options = context.options
     timeout = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
     deadline = begin + timeout
-    with context.handshakes:  # pace set-up: a burst of connects overflows accept queues
-        for attempt in range(_CLOSED_BEFORE_BANNER_RETRIES + 1):
-            sock = _open_socket(host, deadline, timeout)
-            if _banner_arrives(sock, host, deadline, timeout):
-                break
-            sock.close()
-            if attempt == _CLOSED_BEFORE_BANNER_RETRIES:
-                raise _Failure(
-                    Status.CONNECTION_LOST,
-                    f"server closed the connection before its SSH banner "
-                    f"({attempt + 1} attempts; sshd MaxStartups or a firewall?)",
-                )
-            pause = min(0.2 * 2**attempt * (1 + random.random()), deadline - time.monotonic())  # noqa: S311
-            if pause <= 0:
-                raise _Failure(Status.TIMEOUT, f"connect did not complete within {timeout:g}s")
-            time.sleep(pause)
-        alarm = context.watchdog.arm(deadline, sock)
-        client = paramiko.SSHClient()
-        try:
-            _handshake(client, sock, host, context, alarm, timeout)
-        except BaseException:
-            _close(client)
-            sock.close()
-            raise
-        finally:
-            alarm.cancel()
+    for attempt in range(_CLOSED_BEFORE_BANNER_RETRIES + 1):
+        sock = _open_socket(host, deadline, timeout)
+        if _banner_arrives(sock, host, deadline, timeout):
+            break
+        sock.close()
+        if attempt == _CLOSED_BEFORE_BANNER_RETRIES:
+            raise _Failure(
+                Status.CONNECTION_LOST,
+                f"server closed the connection before its SSH banner "
+                f"({attempt + 1} attempts; sshd MaxStartups or a firewall?)",
+            )
+        backoff = 0.2 * 2**attempt * (1 + random.random())  # noqa: S311 - jitter, not crypto
+        pause = min(backoff, deadline - time.monotonic())
+        if pause <= 0:
+            raise _Failure(Status.TIMEOUT, f"connect did not complete within {timeout:g}s")
+        time.sleep(pause)
+    alarm = context.watchdog.arm(deadline, sock)
+    client = paramiko.SSHClient()
+    try:
+        _handshake(client, sock, host, context, alarm, timeout)
+    except BaseException:
+        _close(client)
+        sock.close()
+        raise
+    finally:
+        alarm.cancel()
     return client
 
 
