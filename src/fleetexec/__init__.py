@@ -12,11 +12,17 @@ failure on one host never raises. Exceptions (`FleetError` and below) are for
 mistakes made before anything runs.
 """
 
-from .api import FleetSession, HostKeyPolicy, run
-from .exceptions import ConfigError, FleetError, FleetFailure, InventoryError
-from .host import Host
-from .inventory import Inventory, load_inventory
-from .results import FleetResult, HostResult, Status
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import FleetSession, HostKeyPolicy, run
+    from .exceptions import ConfigError, FleetError, FleetFailure, InventoryError
+    from .host import Host
+    from .inventory import Inventory, load_inventory
+    from .results import FleetResult, HostResult, Status
 
 __all__ = [
     "ConfigError",
@@ -35,3 +41,25 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Names are imported on first use, so `fleetexec --help` and `fleetexec hosts`
+# do not pay for the executor or the YAML loader they never touch.
+_HOME = {
+    "FleetSession": "api", "HostKeyPolicy": "api", "run": "api",
+    "ConfigError": "exceptions", "FleetError": "exceptions", "FleetFailure": "exceptions",
+    "InventoryError": "exceptions", "Host": "host", "Inventory": "inventory",
+    "load_inventory": "inventory", "FleetResult": "results", "HostResult": "results",
+    "Status": "results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'fleetexec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
