@@ -163,8 +163,9 @@ class WorkerPool:
         context.set_forkserver_preload(["fleetexec.ssh.session"])
         self._inboxes = [context.Queue() for _ in range(sizing.processes)]
         self._results = context.Queue()
-        self._pool = context.Pool(sizing.processes, _init_worker,
-                                  (self.options, self._inboxes, self._results, os.getpid()))
+        self._pool = _CountingPool(sizing.processes, _init_worker,
+                                   (self.options, self._inboxes, self._results, os.getpid()),
+                                   context=context)
         self._servers: dict[int, multiprocessing.pool.AsyncResult[None]] = {}
         self._pids: dict[int, int] = {}  # slot -> pid of the worker serving it
         self._ever_ready = False
@@ -238,7 +239,7 @@ class WorkerPool:
         elif kind == "taken":
             run.taken.add(value)
         elif kind == "start":
-            run.started[value] = time.monotonic()
+            run.started[value] = (time.monotonic(), time.time())
         elif kind == "done":
             run.finish(value)
         elif kind == "drained":
@@ -246,13 +247,10 @@ class WorkerPool:
 
     def _check_workers(self, run: _Run) -> None:
         alive = {child.pid for child in multiprocessing.active_children()}
-        if not self._ever_ready:
-            # Pool has no public view of its processes; start-up deaths show only here.
-            spawned = {p.pid for p in self._pool._pool}  # type: ignore[attr-defined]
-            if len(spawned - alive) >= 2 * self.sizing.processes:
-                run.config_error = ("worker processes die while starting; if you call fleetexec "
-                                    "from a script, guard it with `if __name__ == '__main__':`")
-                return
+        if not self._ever_ready and self._pool.started >= 3 * self.sizing.processes:
+            run.config_error = ("worker processes die while starting; if you call fleetexec "
+                                "from a script, guard it with `if __name__ == '__main__':`")
+            return
         for slot, pid in list(self._pids.items()):
             if pid not in alive:
                 del self._pids[slot]
@@ -285,6 +283,17 @@ class WorkerPool:
             q.cancel_join_thread()
 
 
+class _CountingPool(multiprocessing.pool.Pool):
+    """A Pool that counts the processes it starts: replacements reveal start-up crashes."""
+
+    started = 0
+
+    def Process(self, ctx: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override] # noqa: N802
+        # Pool calls this (its own hook, a staticmethod there) for every worker it starts.
+        self.started += 1
+        return ctx.Process(*args, **kwargs)
+
+
 def _pick(own: float | None, default: float) -> float:
     return own if own is not None else default
 
@@ -299,7 +308,7 @@ class _Run:
         self.index_of = {host.name: index for index, host in enumerate(hosts)}
         self.sent: dict[int, int] = {}  # host index -> slot
         self.taken: set[int] = set()  # host indexes a worker thread has dequeued
-        self.started: dict[int, float] = {}  # host index -> when its deadlines started
+        self.started: dict[int, tuple[float, float]] = {}  # index -> (monotonic, wall) start
         self.drained: dict[int, float] = {}  # slot -> when its drain marker came back
         self.config_error: str | None = None
         self.interrupted = False
@@ -309,8 +318,9 @@ class _Run:
         self.collector.add(result)
 
     def _give_up(self, index: int, status: Status, message: str) -> None:
-        self.started.pop(index, None)
-        self.collector.add(HostResult(self.hosts[index].name, status, error=message))
+        since, wall = self.started.pop(index, (time.monotonic(), 0.0))
+        self.collector.add(HostResult(self.hosts[index].name, status, error=message, started=wall,
+                                      duration=round(time.monotonic() - since, 6)))
 
     def worker_died(self, slot: int) -> None:
         for index in [i for i in self.taken if self.sent[i] == slot]:
@@ -334,7 +344,7 @@ class _Run:
 
     def check_overdue(self) -> None:
         now = time.monotonic()
-        for index, since in list(self.started.items()):
+        for index, (since, _) in list(self.started.items()):
             host = self.hosts[index]
             command = _pick(host.command_timeout, self.options.command_timeout)
             if not command:
@@ -346,10 +356,8 @@ class _Run:
 
     def interrupt(self) -> None:
         self.interrupted = True
-        running = {self.hosts[index].name for index in self.started}
+        for index in list(self.started):
+            self._give_up(index, Status.INTERRUPTED, "interrupted while running")
         for name in self.collector.pending:
-            self.collector.add(HostResult(
-                name, Status.INTERRUPTED,
-                error="interrupted while running" if name in running
-                else "interrupted before it started",
-            ))
+            self.collector.add(HostResult(name, Status.INTERRUPTED,
+                                          error="interrupted before it started"))

@@ -36,14 +36,16 @@ def load_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey:
             f"key file {full} is accessible by others (mode {stat.S_IMODE(info.st_mode):04o});"
             " run: chmod 600 " + full
         )
-    secret = passphrase.reveal() if passphrase else None
+    secret = passphrase.reveal().encode() if passphrase else None
     try:
-        return paramiko.PKey.from_path(full, password=secret)
-    except paramiko.PasswordRequiredException:
-        raise ConfigError(
-            f"key file {full} is encrypted: set FLEETEXEC_PASSPHRASE or use --ask-passphrase"
-        ) from None
-    except (paramiko.SSHException, ValueError, OSError) as error:
+        return paramiko.PKey.from_path(full, password=secret)  # type: ignore[arg-type]
+    except (paramiko.SSHException, ValueError, TypeError, OSError) as error:
+        # paramiko 5 says "password-protected" with a TypeError for OpenSSH-format keys.
+        needs_passphrase = isinstance(error, paramiko.PasswordRequiredException) or (
+            isinstance(error, TypeError) and "password" in str(error))
+        if needs_passphrase and secret is None:
+            raise ConfigError(f"key file {full} is encrypted: set FLEETEXEC_PASSPHRASE or use "
+                              "--ask-passphrase") from None
         reason = "wrong passphrase or not a private key" if secret else "not a private key"
         raise ConfigError(f"key file {full}: {reason} ({type(error).__name__})") from None
 

@@ -38,7 +38,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _READ_SIZE = 65536
 _BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
-_CLOSED_BEFORE_BANNER_RETRIES = 3  # sshd's MaxStartups drops look exactly like this
+_CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like this
+_MAX_STARTUPS_REFUSAL = b"Exceeded MaxStartups"  # what OpenSSH writes before hanging up
 
 
 class _Failure(Exception):
@@ -281,21 +282,21 @@ def _connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCl
     options = context.options
     timeout = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
     deadline = begin + timeout
-    for attempt in range(_CLOSED_BEFORE_BANNER_RETRIES + 1):
+    attempts = 0
+    while True:
         sock = _open_socket(host, deadline, timeout)
         if _banner_arrives(sock, host, deadline, timeout):
             break
         sock.close()
-        if attempt == _CLOSED_BEFORE_BANNER_RETRIES:
+        attempts += 1
+        # Bounded, backed-off retries for this case only: the deadline or the count ends them.
+        pause = min(0.2 * 2 ** (attempts - 1), 2.0) * (1 + random.random())  # noqa: S311
+        if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
             raise _Failure(
                 Status.CONNECTION_LOST,
-                f"server closed the connection before its SSH banner "
-                f"({attempt + 1} attempts; sshd MaxStartups or a firewall?)",
+                f"server closed the connection before its SSH banner ({attempts} attempts; "
+                "sshd MaxStartups or a firewall?)",
             )
-        backoff = 0.2 * 2**attempt * (1 + random.random())  # noqa: S311 - jitter, not crypto
-        pause = min(backoff, deadline - time.monotonic())
-        if pause <= 0:
-            raise _Failure(Status.TIMEOUT, f"connect did not complete within {timeout:g}s")
         time.sleep(pause)
     alarm = context.watchdog.arm(deadline, sock)
     client = paramiko.SSHClient()
@@ -334,7 +335,7 @@ def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
 
 
 def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: float) -> bool:
-    """Peek at the first line: False if the server hung up before saying anything.
+    """Peek at the first line: False if the server hung up before its banner.
 
     Peeking leaves the bytes for paramiko, and lets us cap a banner line the
     way OpenSSH does (paramiko would accumulate an endless line forever).
@@ -353,7 +354,7 @@ def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: f
             raise _Failure(
                 Status.CONNECTION_LOST, f"reading the SSH banner: {error.strerror}"
             ) from None
-        if not data:
+        if not data or data.startswith(_MAX_STARTUPS_REFUSAL):
             return False
         if b"\n" in data:
             return True
