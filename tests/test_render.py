@@ -337,3 +337,16 @@ def test_json_always_valid_and_lossless(out: bytes, err: bytes) -> None:
     assert _bytes_back(doc["hosts"][0], "stderr") == err
     assert _bytes_back(json.loads(render_jsonl_line(r)), "stdout") == out
 
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_streamed_json_is_byte_identical_to_one_json_dumps(count: int) -> None:
+    from fleetexec.render import iter_json, result_to_dict
+
+    hosts = [HostResult(f"h{i}", Status.FAILED, 1, stdout=b"line\n\x1b[2J" * i,
+                        stderr=b"\xff\x00") for i in range(count)]
+    fleet = FleetResult({h.host: h for h in hosts}, wall_time=2.5)
+    document = {"hosts": [result_to_dict(h) for h in hosts], "summary": {
+        "total": count, "counts": {str(s): n for s, n in fleet.counts().items()},
+        "wall_time": 2.5, "exit_code": fleet.exit_code, "interrupted": False}}
+    assert "".join(iter_json(fleet)) == json.dumps(document, indent=2, ensure_ascii=True)

@@ -241,6 +241,10 @@ def _execute(
             result = run_fleet(hosts, command, on_result=on_result, **options)
     except FleetError as error:
         _fail(str(error))
+    finally:
+        from .executor import stop_forkserver
+
+        stop_forkserver()
     if output_format == "table":
         click.echo(render.render_table(result))
         click.echo(render.render_summary(result))
@@ -248,7 +252,9 @@ def _execute(
         click.echo(render.render_gathered(result))
         click.echo(render.render_summary(result))
     elif output_format == "json":
-        click.echo(render.render_json(result))
+        for piece in render.iter_json(result):
+            click.echo(piece, nl=False)
+        click.echo()
     else:
         click.echo(render.render_summary(result), err=True)
     return result

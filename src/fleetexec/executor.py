@@ -32,7 +32,7 @@ from .host import Host
 from .results import Collector, FleetResult, HostResult, OnResult, Status
 from .ssh.options import SessionOptions
 
-__all__ = ["DEFAULT_PARALLEL", "Plan", "WorkerPool", "execute", "plan"]
+__all__ = ["DEFAULT_PARALLEL", "Plan", "WorkerPool", "execute", "plan", "stop_forkserver"]
 
 DEFAULT_PARALLEL = 1024  # waiting is cheap: `sleep 2` on 1000 hosts should take ~2 s
 HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
@@ -281,6 +281,20 @@ class WorkerPool:
         for q in (*self._inboxes, self._results):
             q.close()
             q.cancel_join_thread()
+
+
+def stop_forkserver() -> None:
+    """Stop multiprocessing's fork server and wait for it.
+
+    Workers are its children, so only then is their CPU accounted to this
+    process and no zombie is left for init to reap. The CLI calls this when
+    its run is over; library callers keep the server warm for the next run.
+    """
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # no public way to do this in 3.11
+    if stop is not None:
+        stop()
 
 
 class _CountingPool(multiprocessing.pool.Pool):

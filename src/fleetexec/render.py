@@ -39,7 +39,7 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tabulate import tabulate
@@ -49,7 +49,7 @@ from .hostrange import fold
 from .results import FleetResult, HostResult, Status
 
 __all__ = [
-    "render_gathered", "render_hosts", "render_json", "render_jsonl_line",
+    "iter_json", "render_gathered", "render_hosts", "render_json", "render_jsonl_line",
     "render_progress_line", "render_summary", "render_table", "result_to_dict", "sanitize",
 ]
 
@@ -259,17 +259,31 @@ def result_to_dict(r: HostResult) -> dict[str, Any]:
 
 def render_json(result: FleetResult) -> str:
     """The whole run as one JSON document (indented, printable ASCII, not sanitised)."""
-    document = {
-        "hosts": [result_to_dict(r) for r in result.values()],
-        "summary": {
-            "total": len(result),
-            "counts": {str(status): n for status, n in result.counts().items()},
-            "wall_time": round(result.wall_time, 6),
-            "exit_code": result.exit_code,
-            "interrupted": result.interrupted,
-        },
+    return "".join(iter_json(result))
+
+
+def iter_json(result: FleetResult) -> Iterator[str]:
+    """`render_json`'s text in pieces, one host at a time.
+
+    The same bytes as `json.dumps(document, indent=2)`, but a 1000-host run
+    with 1 MiB per host never holds the whole document in memory. Indenting
+    by line is safe: JSON text has newlines only between tokens.
+    """
+    yield '{\n  "hosts": ['
+    separator = "\n"
+    for r in result.values():
+        text = json.dumps(result_to_dict(r), indent=2, ensure_ascii=True)
+        yield separator + "    " + text.replace("\n", "\n    ")
+        separator = ",\n"
+    summary = {
+        "total": len(result),
+        "counts": {str(status): n for status, n in result.counts().items()},
+        "wall_time": round(result.wall_time, 6),
+        "exit_code": result.exit_code,
+        "interrupted": result.interrupted,
     }
-    return json.dumps(document, indent=2, ensure_ascii=True)
+    closing = "]" if separator == "\n" else "\n  ]"
+    yield closing + ',\n  "summary": ' + json.dumps(summary, indent=2).replace("\n", "\n  ") + "\n}"
 
 
 def render_jsonl_line(r: HostResult) -> str:
