@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,10 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tables import report
 
 from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
 
@@ -46,7 +49,10 @@ PEERS = ["fleetexec-cli", "fleetexec-api", "asyncssh", "pssh", "xargs-ssh", "fab
 PY_PEERS = {"fleetexec-api": ("peer_fleetexec_api.py", "fleetexec"),
             "asyncssh": ("peer_asyncssh.py", "asyncssh"), "pssh": ("peer_pssh.py", "pssh"),
             "fabric": ("peer_fabric.py", "fabric")}
-KEEPS_ALL_OUTPUT = {"pssh", "fabric"}  # hold every byte of every host in memory
+# Peers that keep every byte of output and process it slowly, measured here with the 10 MiB
+# command at N=10..50: client CPU s per host, peak MiB per host. Too slow for big N.
+BULK_COST = {"fabric": (3.5, 52), "pssh": (1.6, 14)}
+BULK_MAX_N = 50
 CONCURRENCY = 128  # asyncssh semaphore and xargs -P
 RUN_TIMEOUT = 900.0  # a client still running then is killed (its process group)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -117,8 +123,15 @@ def process_cpu(pid: int) -> float:
     return sum(int(x) for x in _stat(pid)[11:15]) / TICK
 
 
-def children(pid: int) -> list[int]:
-    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def children(pid: int) -> set[int]:
+    """Live children of `pid`, whichever of its threads they hang off."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.update(int(x) for x in task.read_text().split())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return found
 
 
 def machine_busy() -> float:
@@ -157,7 +170,7 @@ def _reap_orphans(session: int) -> tuple[list[Any], list[str]]:
     deadline = time.monotonic() + 30
     while True:
         ours_alive = False
-        for pid in set(children(os.getpid())) - SKIP_PIDS:
+        for pid in children(os.getpid()) - SKIP_PIDS:
             try:
                 ours = int(_stat(pid)[3]) == session
                 if ours and time.monotonic() > deadline:
@@ -174,6 +187,8 @@ def _reap_orphans(session: int) -> tuple[list[Any], list[str]]:
         time.sleep(0.02)
 
 
+def _cpu(usages: list[Any]) -> float:
+    return float(sum(u.ru_utime + u.ru_stime for u in usages))
 
 
 def measure(argv: list[str], sshd_pid: int, workdir: Path) -> dict[str, Any]:
@@ -193,26 +208,23 @@ def measure(argv: list[str], sshd_pid: int, workdir: Path) -> dict[str, Any]:
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - begin
     killer.cancel()
+    killer.join()  # orphans may be re-parented to any of our threads; keep just one
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting
     orphans, leaked = _reap_orphans(proc.pid)
     wait_sshd_idle(sshd_pid)
-    usages = [usage, *orphans]
     # Linux charges a child the parent's RSS at fork as ru_maxrss, so the client's own
     # wait4 figure would be at least this driver's ~46 MiB; GNU time forks it instead.
-    client_rss = int(rss_file.read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
-    cpu = sum(u.ru_utime + u.ru_stime for u in usages)
-    sshd_cpu = process_cpu(sshd_pid) - sshd0
+    timed = rss_file.read_text().split() if rss_file.exists() else []  # none if killed
+    client_rss = int(timed[-1]) if timed else usage.ru_maxrss
+    cpu, sshd_cpu = _cpu([usage, *orphans]), process_cpu(sshd_pid) - sshd0
     return {
         "wall": round(wall, 4), "cpu": round(cpu, 4), "rc": proc.returncode,
-        "user": round(sum(u.ru_utime for u in usages), 4),
-        "sys": round(sum(u.ru_stime for u in usages), 4),
         "maxrss_mib": round(max([client_rss, *(u.ru_maxrss for u in orphans)]) / 1024, 1),
         "sshd_cpu": round(sshd_cpu, 3), "overflows": listen_overflows() - ovf0,
         # the rest of the machine: this driver, and anything else running meanwhile
         "other_cpu": round(max(0.0, machine_busy() - busy0 - cpu - sshd_cpu), 3),
-        # CPU of re-parented descendants (fleetexec: forkserver + workers), in "cpu" too
-        "orphans": len(orphans), "orphan_cpu": round(sum(u.ru_utime + u.ru_stime for u in orphans), 4),
-        "leaked": leaked,
+        # re-parented descendants (fleetexec: forkserver + its workers), included in "cpu"
+        "orphans": len(orphans), "orphan_cpu": round(_cpu(orphans), 4), "leaked": leaked,
     }
 
 
@@ -222,11 +234,13 @@ def parse_outcome(peer: str, workdir: Path, total: int) -> tuple[int, Counter[st
     stdout = workdir / "stdout"
     if peer == "xargs-ssh":
         ok = 0
-        with stdout.open(errors="replace") as lines:
+        # newline="\n": ssh ends its messages with \r\n, which must not split a FAIL line
+        with stdout.open(errors="replace", newline="\n") as lines:
             for line in lines:
                 ok += line.startswith("OK ")
                 if line.startswith("FAIL "):  # "FAIL host rc=255 text": group by the text
-                    errors[re.sub(r"127\.\d+\.\d+\.\d+", "HOST", line[5:].strip())[:200]] += 1
+                    text = re.sub(r"127\.\d+\.\d+\.\d+", "HOST", line[5:])
+                    errors[" ".join(re.sub(r"@{3,}", "", text).split())[:200]] += 1
         return ok, errors
     if peer == "fleetexec-cli":
         # The JSON can be ~1 GiB (1 MiB kept per host x 1000): stream it. With indent=2
@@ -245,9 +259,9 @@ def parse_outcome(peer: str, workdir: Path, total: int) -> tuple[int, Counter[st
         if ok == 0 and not errors:
             errors[f"no JSON on stdout; stderr: {_tail(workdir / 'stderr')}"] = total
         return ok, errors
-    lines = stdout.read_text(errors="replace").strip().splitlines()
+    last = stdout.read_text(errors="replace").strip().splitlines()[-1:]  # the result line
     try:
-        found = json.loads(lines[-1])
+        found = json.loads(last[0])
         return int(found["ok"]), Counter(found["errors"])
     except (IndexError, ValueError, KeyError):
         errors[f"no result line; stderr: {_tail(workdir / 'stderr')}"] = total
@@ -267,31 +281,38 @@ def unavailable(peer: str) -> str | None:
     return None
 
 
-def skip_reason(peer: str, n: int, command: str) -> str | None:
-    """Runs left out because they would exhaust memory rather than measure SSH."""
-    if peer in KEEPS_ALL_OUTPUT and command == OUT_10MIB:
-        available = int(re.findall(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text())[0])
-        if n * 10 * 1024 * 3 > available:  # kB; x3: bytes + decoded text + copies
-            return f"skipped: keeps all output in memory ({n} x 10 MiB)"
+def skip_reason(peer: str, n: int, command: str, no_skip: bool) -> str | None:
+    """Runs left out because they would exhaust memory or take hours, rather than measure SSH."""
+    if command != OUT_10MIB or peer not in BULK_COST:
+        return None
+    cpu_s, mib = BULK_COST[peer]
+    available = int(re.findall(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text())[0])
+    if n * mib * 1024 > 0.7 * available:
+        return f"skipped: keeps all output, would need ~{n * mib / 1024:.0f} GiB of memory"
+    if n > BULK_MAX_N and not no_skip:
+        return (f"skipped (--no-skip runs it): ~{cpu_s} s client CPU/host for 10 MiB "
+                f"measured at N<={BULK_MAX_N}, ~{n * cpu_s / 60:.0f} min per run")
     return None
 
 
-def run_all(args: argparse.Namespace, records: list[dict[str, Any]], jsonl: Any) -> None:
-    """Start the sshd, probe the KEX, warm up, then the interleaved measured runs."""
+def run_all(args: argparse.Namespace, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Start the sshd, probe the KEX, check strictness, then the interleaved measured runs."""
+    records: list[dict[str, Any]] = [{"meta": meta}]
     with OpenSSHServer(max_startups="4000:30:8000") as sshd, \
-            tempfile.TemporaryDirectory(prefix="fleetexec-bench-") as tmp:
+            tempfile.TemporaryDirectory(prefix="fleetexec-bench-") as tmp, \
+            open(args.json or os.devnull, "w") as jsonl:
         assert sshd.pid is not None
         SKIP_PIDS.add(sshd.pid)
         fleet = Fleet(sshd, [*args.n, 2], Path(tmp))
-        records[0]["meta"]["kex"] = probe_kex(fleet)
+        meta["kex"] = probe_kex(fleet)
+        meta["strict"] = check_strict(fleet, sshd.pid, args.peers)
+        jsonl.write(json.dumps(records[0]) + "\n")
         plan = [(r, n, c, p) for r in range(args.repeats) for n in args.n for c in args.commands
                 for p in args.peers[r % len(args.peers):] + args.peers[:r % len(args.peers)]]
-        for peer in args.peers:  # warm-up: page cache and bytecode cache; not recorded
-            if not unavailable(peer):
-                measure(fleet.peer_argv(peer, 2, "true"), sshd.pid, Path(tmp))
         for index, (repeat, n, command, peer) in enumerate(plan, 1):
-            record: dict[str, Any] = {"peer": peer, "n": n, "command": command, "repeat": repeat}
-            reason = unavailable(peer) or skip_reason(peer, n, command)
+            record: dict[str, Any] = {"peer": peer, "n": n, "command": command,
+                                      "label": label(command), "repeat": repeat}
+            reason = unavailable(peer) or skip_reason(peer, n, command, args.no_skip)
             if reason:
                 record.update(ok=0, total=n, errors={}, skipped=reason)
             else:
@@ -299,12 +320,37 @@ def run_all(args: argparse.Namespace, records: list[dict[str, Any]], jsonl: Any)
                 ok, errors = parse_outcome(peer, Path(tmp), n)
                 record.update(ok=ok, total=n, errors=dict(errors.most_common(10)))
             records.append(record)
-            if jsonl:
-                jsonl.write(json.dumps(record) + "\n")
-                jsonl.flush()
+            jsonl.write(json.dumps(record) + "\n")
+            jsonl.flush()  # a run interrupted later keeps what it measured (--from-json)
             print(f"[{index}/{len(plan)}] {peer} N={n} {label(command)!r}: "
                   + (record.get("skipped") or f"{record['wall']:.2f} s, cpu {record['cpu']:.2f} s,"
                      f" ok {record['ok']}/{n}"), file=sys.stderr, flush=True)
+    return records
+
+
+def check_strict(fleet: Fleet, sshd_pid: int, peers: list[str]) -> dict[str, str]:
+    """Each peer against a known_hosts with a wrong key for every host: it must fail both hosts.
+
+    Then each runs once with the right keys: a warm-up (page cache, bytecode cache).
+    Neither is recorded as a run.
+    """
+    good = fleet.known_hosts.read_text()
+    wrong = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    fleet.known_hosts.write_text(re.sub(r"ssh-ed25519 \S+", wrong, good))
+    found: dict[str, str] = {}
+    try:
+        for peer in peers:
+            if not unavailable(peer):
+                measure(fleet.peer_argv(peer, 2, "true"), sshd_pid, fleet.dir)
+                ok, errors = parse_outcome(peer, fleet.dir, 2)
+                first = next(iter(errors), "no error text")[:90]
+                found[peer] = f"refused ({first})" if ok == 0 else f"ACCEPTED on {ok} of 2 hosts"
+    finally:
+        fleet.known_hosts.write_text(good)
+    for peer in found:
+        measure(fleet.peer_argv(peer, 2, "true"), sshd_pid, fleet.dir)
+    return found
 
 
 def probe_kex(fleet: Fleet) -> dict[str, str]:
@@ -315,114 +361,31 @@ def probe_kex(fleet: Fleet) -> dict[str, str]:
     try:
         return dict(json.loads(done.stdout))
     except ValueError:
-        return {"probe": f"failed: {_tail_text(done.stderr)}"}
-
-
-def _tail_text(text: str) -> str:
-    return " ".join(text[-300:].split())
+        return {"probe": "failed: " + " ".join(done.stderr[-300:].split())}
 
 
 def machine() -> dict[str, Any]:
     """Date, hardware and versions, for the report header."""
     cpu = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    versions = {}
-    for dist in ("fleetexec", "paramiko", "cryptography", "asyncssh", "parallel-ssh",
-                 "ssh2-python", "fabric"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False)
-    versions["OpenSSH"] = ssh.stderr.strip()
-    repo = Path(__file__).resolve().parent.parent
-    git = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
+    versions = {name: installed.get(name, "not installed") for name in (
+        "fleetexec", "paramiko", "cryptography", "asyncssh", "parallel-ssh", "ssh2-python",
+        "fabric")}
+    versions["OpenSSH"] = _output(["ssh", "-V"])
+    git = _output(["git", "-C", str(PEERS_DIR.parent.parent), "describe", "--always", "--dirty"])
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "nproc": os.cpu_count(), "cpu": cpu[0] if cpu else platform.processor(),
             "kernel": platform.release(), "python": platform.python_version(),
             "versions": versions, "fleetexec_git": git}
 
 
-# ---- the report ------------------------------------------------------------------------
-
 def label(command: str) -> str:
     return LABELS.get(command, command)
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    """median [min–max], or the one value."""
-    if not values:
-        return "–"
-    med = f"{statistics.median(values):.{digits}f}"
-    if len(values) == 1:
-        return med
-    return f"{med} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
-
-
-def report(records: list[dict[str, Any]]) -> str:
-    """The Markdown tables: one per (command, N), peers as rows."""
-    meta = records[0]["meta"]
-    runs = [r for r in records[1:] if "peer" in r]
-    out = [f"## fleetexec bench, {meta['date']}", "",
-           f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), kernel {meta['kernel']}, "
-           f"Python {meta['python']}; fleetexec git {meta['fleetexec_git']}.",
-           "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
-           "", "Negotiated KEX / client-to-server cipher (one probe connection each): "
-           + "; ".join(f"{k}: {v}" for k, v in meta.get("kex", {}).items()) + ".", "",
-           "Cells: median [min–max] over repeats. Client CPU = user+sys of the client's whole "
-           "process tree; peak RSS = the largest single process of the tree. Ratios = "
-           f"{meta['reference']} ÷ peer (medians); < 1.00 means fleetexec is faster / cheaper. "
-           "`!` = some run lost hosts (see Failures). Other CPU = the rest of the machine "
-           "during the run (driver, other processes: noise).", ""]
-    failures: list[str] = []
-    for command in dict.fromkeys(r["command"] for r in runs):
-        for n in sorted({r["n"] for r in runs if r["command"] == command}):
-            group = [r for r in runs if r["command"] == command and r["n"] == n]
-            out += [f"### `{label(command)}`, N={n}", "",
-                    "| peer | hosts ok | wall s | client CPU s | CPU ms/host | peak RSS MiB "
-                    "| sshd CPU s | other CPU s | listen ovf | wall ratio | CPU ratio |",
-                    "|---|---|---|---|---|---|---|---|---|---|---|"]
-            ref = [r for r in group if r["peer"] == meta["reference"] and "skipped" not in r]
-            for peer in dict.fromkeys(r["peer"] for r in group):
-                mine = [r for r in group if r["peer"] == peer]
-                done = [r for r in mine if "skipped" not in r]
-                if not done:
-                    out.append(f"| {peer} | {mine[0]['skipped']} |" + " |" * 9)
-                    continue
-                out.append("| " + " | ".join([peer, _hosts_cell(done, n), *_cells(done, ref, n)])
-                           + " |")
-                for r in done:
-                    for text, count in r["errors"].items():
-                        failures.append(f"- {peer}, `{label(command)}`, N={n}, repeat "
-                                        f"{r['repeat']}: {count} × {text}")
-                    if r["leaked"]:
-                        failures.append(f"- {peer}, N={n}: leaked processes {r['leaked']}")
-            out.append("")
-    if failures:
-        out += ["### Failures (error texts as the clients reported them)", "", *failures, ""]
-    return "\n".join(out)
-
-
-def _hosts_cell(done: list[dict[str, Any]], n: int) -> str:
-    oks = [r["ok"] for r in done]
-    if all(ok == n for ok in oks):
-        return f"{n}/{n}"
-    return f"! {','.join(map(str, oks))} of {n}"
-
-
-def _cells(done: list[dict[str, Any]], ref: list[dict[str, Any]], n: int) -> list[str]:
-    def get(key: str, runs: list[dict[str, Any]] = done) -> list[float]:
-        return [r[key] for r in runs]
-
-    def ratio(key: str) -> str:
-        if not ref or done[0]["peer"] == ref[0]["peer"]:
-            return "–"
-        return f"{statistics.median(get(key, ref)) / statistics.median(get(key)):.2f}"
-
-    return [spread(get("wall")), spread(get("cpu")),
-            spread([c * 1000 / n for c in get("cpu")], 1), spread(get("maxrss_mib"), 0),
-            spread(get("sshd_cpu")), spread(get("other_cpu")),
-            str(int(statistics.median(get("overflows")))), ratio("wall"), ratio("cpu")]
+def _output(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (done.stdout + done.stderr).strip()
 
 
 # ---- command line ----------------------------------------------------------------------
@@ -440,7 +403,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=PEERS, help=f"comma list of {PEERS}")
     parser.add_argument("--quick", action="store_true", help="N=100, true and sleep 2, 1 repeat")
-    parser.add_argument("--json", metavar="FILE", help="append raw records (JSON lines)")
+    parser.add_argument("--no-skip", action="store_true",
+                        help=f"also run Fabric/pssh with 10 MiB output at N>{BULK_MAX_N}")
+    parser.add_argument("--json", metavar="FILE", help="write raw records (JSON lines)")
     parser.add_argument("--from-json", metavar="FILE", help="print the report of saved records")
     args = parser.parse_args()
     if args.from_json:
@@ -459,17 +424,7 @@ def main() -> None:
     # Orphaned descendants of a client (e.g. multiprocessing's forkserver) come to us.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     reference = "fleetexec-cli" if "fleetexec-cli" in args.peers else "fleetexec-api"
-    records: list[dict[str, Any]] = [{"meta": {**machine(), "reference": reference}}]
-    jsonl = Path(args.json).open("a") if args.json else None
-    try:
-        if jsonl:
-            jsonl.write(json.dumps(records[0]) + "\n")
-        run_all(args, records, jsonl)
-    finally:
-        if jsonl:
-            jsonl.close()
-    print(report(records))
-
+    print(report(run_all(args, {**machine(), "reference": reference})))
 
 if __name__ == "__main__":
     main()

@@ -60,7 +60,7 @@ def _asyncssh() -> str:
         chosen[alg_type] = choose(self, alg_type, *args)  # type: ignore[arg-type]
         return chosen[alg_type]
 
-    asyncssh.connection.SSHConnection._choose_alg = record  # type: ignore[method-assign]
+    asyncssh.connection.SSHConnection._choose_alg = record  # type: ignore[method-assign,assignment]
 
     async def probe() -> str:
         async with asyncssh.connect(
