@@ -111,7 +111,7 @@ def _serve(slot: int, threads: int, reuse: bool) -> None:
                 results.put(("drained", slot, run_id, None))
                 continue
             host, command = payload
-            results.put(("taken", slot, run_id, index))  # it can no longer be lost in the inbox
+            results.put(("taken", slot, run_id, index))  # no longer in the inbox, can't be lost
             started = functools.partial(results.put, ("start", slot, run_id, index))
             results.put(("done", slot, run_id,
                          run_on_host(host, command, context, reuse, on_start=started)))
@@ -236,9 +236,10 @@ class WorkerPool:
             run.config_error = value
         elif key != run.run_id:
             return  # a late message from an earlier, abandoned run
-        elif kind == "taken":
+        elif kind == "taken":  # the host's deadlines start now...
             run.taken.add(value)
-        elif kind == "start":
+            run.started[value] = (time.monotonic(), time.time())
+        elif kind == "start":  # ...or later, when it had to wait for a handshake slot
             run.started[value] = (time.monotonic(), time.time())
         elif kind == "done":
             run.finish(value)

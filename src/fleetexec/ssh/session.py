@@ -74,6 +74,19 @@ def _handle_channel_request(chan: Channel, m: Message) -> None:
     Channel._handle_request(chan, m)  # type: ignore[attr-defined]
 
 
+class _Silent:
+    """A logger that drops everything, cheaply."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+        return False
+
+
+_SILENT = _Silent()
+
+
 class _FleetTransport(paramiko.Transport):
     """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
 
@@ -93,6 +106,13 @@ class _FleetTransport(paramiko.Transport):
     def __init__(self, sock: socket.socket, **kwargs: object) -> None:
         super().__init__(sock, **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
+        # paramiko logs dozens of lines per connection; failures reach us as
+        # results, so the per-packet logging calls are pure cost here.
+        self.logger = _SILENT  # type: ignore[assignment]
+        self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
+
+    def _parse_debug(self, m: Message) -> None:
+        pass  # server debug messages: paramiko formats them byte by byte only to log them
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -181,8 +201,8 @@ def run_on_host(
 ) -> HostResult:
     """Run `command` on `host` and return what happened. Never raises.
 
-    `on_start` is called when the host's turn comes (after waiting for a
-    handshake slot), which is when its deadlines start.
+    `on_start` is called if the host had to wait for a handshake slot, when
+    its turn comes: its deadlines start then, not when it was dequeued.
     With `reuse`, the authenticated connection is kept in the context for the
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
@@ -229,7 +249,7 @@ def _run_once(
     options = context.options
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
     # (and the caller's clock, via on_start) start once this host's turn comes.
-    turn = _Turn(context.handshakes if client is None else None)
+    turn = _Turn(context.handshakes if client is None else None, on_start)
     started, begin = time.time(), time.monotonic()
     out, err = _Capped(options.max_output), _Capped(options.max_output)
 
@@ -243,7 +263,6 @@ def _run_once(
         )
 
     try:
-        on_start()
         if client is None:
             client = _connect(host, context, begin)
             if opened is not None:
@@ -264,12 +283,19 @@ def _run_once(
 
 
 class _Turn:
-    """A handshake slot, taken on creation (when a semaphore is given), released once."""
+    """A handshake slot, taken on creation (when a semaphore is given), released once.
 
-    def __init__(self, semaphore: threading.BoundedSemaphore | None) -> None:
+    `on_wait_end` is called only if the slot had to be waited for, so that
+    the common case costs no message to the parent.
+    """
+
+    def __init__(
+        self, semaphore: threading.BoundedSemaphore | None, on_wait_end: Callable[[], object]
+    ) -> None:
         self._semaphore = semaphore
-        if semaphore is not None:
+        if semaphore is not None and not semaphore.acquire(blocking=False):
             semaphore.acquire()
+            on_wait_end()
 
     def release(self) -> None:
         if self._semaphore is not None:
