@@ -57,15 +57,12 @@ class Healthy:
                    "connect_timeout": CONNECT, "timeout": COMMAND, **options}
         result = fleetexec.run([*hosts, self.host], command, **options)
         assert list(result) == [*(h.name for h in hosts), "healthy"]
-        self.assert_intact(result["healthy"], command)
-        return result
-
-    @staticmethod
-    def assert_intact(r, command: str = "echo alive") -> None:
+        r = result["healthy"]
         if command == "echo alive":
             assert (r.status, r.stdout, r.stderr, r.exit_code) == (Status.OK, b"alive\n", b"", 0)
         else:
             assert r.status is Status.OK, r.error
+        return result
 
 
 @pytest.fixture
@@ -113,8 +110,8 @@ def test_09_nothing_listening_is_unreachable_at_once(healthy: Healthy) -> None:
 
 # Rows 10 and 14 need name resolution without DNS (the resolver here is not on
 # loopback). The CLI runs in a subprocess whose processes (CLI, forkserver,
-# workers) all load this sitecustomize: names ending in `.test` resolve from a
-# table in the environment, every lookup is logged, and no other name is looked up.
+# workers) all load this sitecustomize: every name that is not an IP address is
+# resolved from a table in the environment (or fails) and logged; none reaches DNS.
 RESOLVER_STUB = '''
 import ipaddress, json, os, socket
 _real = socket.getaddrinfo
@@ -197,20 +194,16 @@ def test_12_server_that_never_speaks_times_out_at_the_connect_deadline(healthy: 
 def test_13_server_closing_before_its_banner_is_retried_then_connection_lost(
     healthy: Healthy,
 ) -> None:
-    # Three retries with backoff (0.2-0.4, 0.4-0.8, 0.8-1.6 s) fit in a 5 s deadline.
+    # A few retries with backoff; the deadline (5 s) or their count ends them.
     with FaultServer("accept-close", "127.5.0.13") as server:
         r = healthy.run(fault_host(server, connect_timeout=5))["faulty"]
         attempts = server.accepted
-    assert r.status is Status.CONNECTION_LOST
+    assert r.status is Status.CONNECTION_LOST, r.error
     assert "before its SSH banner" in (r.error or "") and "MaxStartups" in (r.error or "")
-    assert attempts == 4  # bounded: one try and three retries, no storm
-    assert 1.4 <= r.duration < 5 + GRACE
+    assert 2 <= attempts <= 10  # retried, but a few times only: no storm
+    assert r.duration < 5 + GRACE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OpenSSH 9.2p1 answers a connection over MaxStartups with 'Exceeded MaxStartups\\r\\n' "
-    "and closes; the banner peek takes that line for a banner, so there is no retry and "
-    "no hint: protocol_error 'SSH handshake failed: Error reading SSH protocol banner'"))
 def test_13_exceeded_maxstartups_line_is_retried_then_connection_lost_with_hint(
     healthy: Healthy,
 ) -> None:
@@ -219,15 +212,10 @@ def test_13_exceeded_maxstartups_line_is_retried_then_connection_lost_with_hint(
         attempts = server.accepted
     assert r.status is Status.CONNECTION_LOST, r.error
     assert "MaxStartups" in (r.error or "")
-    assert attempts == 4
+    assert 2 <= attempts <= 10
     assert r.duration < 5 + GRACE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "real sshd MaxStartups 2:100:2, 20 hosts at parallel 20: typically 2-4 ok and 16-18 "
-    "protocol_error 'SSH handshake failed: Error reading SSH protocol banner' (sshd 9.2p1 "
-    "writes 'Exceeded MaxStartups\\r\\n' before closing, so the closed-before-banner "
-    "retry never triggers)"))
 def test_13_real_sshd_over_maxstartups_ends_ok_through_the_bounded_retry(tmp_path: Path) -> None:
     with OpenSSHServer(max_startups="2:100:2") as server:
         hosts_addresses = addresses(20, base="127.5.1.1")
@@ -404,6 +392,23 @@ def test_38_stderr_flood_with_idle_stdout_completes() -> None:
     assert r.status is Status.OK
     assert r.stderr == PATTERN * 16 and r.stderr_truncated
     assert r.stdout == b"" and not r.stdout_truncated
+
+
+def test_39_both_streams_flooding_on_many_real_hosts_complete_intact(sshd_fleet) -> None:
+    # 1.5 MB on each stream: together more than the 2 MiB channel window, so the server
+    # blocks unless both are drained. A lost wake-up between the two streams used to leave
+    # about one host in ten stuck until the command deadline; 30 hosts x 2 runs catch it.
+    fleet = sshd_fleet(30, first="127.0.5.10")
+    size = 1_500_000
+    command = (f"head -c {size} /dev/zero | tr '\\0' o & "
+               f"head -c {size} /dev/zero | tr '\\0' e >&2; wait")
+    for _ in range(2):
+        result = fleetexec.run(fleet.hosts, command, max_output=2 * MIB,
+                               **{**fleet.run_options(), "timeout": 20})
+        assert result.counts() == {Status.OK: 30}, {(str(r.status), r.error)
+                                                    for r in result.values()}
+        for r in result.values():
+            assert r.stdout == b"o" * size and r.stderr == b"e" * size
 
 
 def test_39_both_streams_flooding_complete_intact() -> None:

@@ -37,6 +37,9 @@ __all__ = ["WorkerContext", "run_on_host"]
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _READ_SIZE = 65536
+_WINDOW = 1024 * 1024
+_BULK_BYTES = 128 * 1024  # a session past this much output reads in turns...
+_BULK_READERS = 16  # ...with at most this many such sessions reading at once per process
 _BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
 _CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like this
 _MAX_STARTUPS_REFUSAL = b"Exceeded MaxStartups"  # what OpenSSH writes before hanging up
@@ -104,7 +107,9 @@ class _FleetTransport(paramiko.Transport):
     }
 
     def __init__(self, sock: socket.socket, **kwargs: object) -> None:
-        super().__init__(sock, **kwargs)  # type: ignore[arg-type]
+        # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
+        # slot absorbs at most this much, so the bulk limit really limits.
+        super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
         # paramiko logs dozens of lines per connection; failures reach us as
         # results, so the per-packet logging calls are pure cost here.
@@ -150,6 +155,7 @@ class WorkerContext:
         self.options = options
         self.watchdog = Watchdog()
         self.handshakes = threading.BoundedSemaphore(max(1, options.handshakes_in_flight))
+        self.bulk_readers = threading.BoundedSemaphore(_BULK_READERS)
         self._known: dict[tuple[str, ...], KnownHosts] = {}
         self._keys: dict[str, paramiko.PKey] = {}
         self._lock = threading.Lock()
@@ -282,6 +288,10 @@ def _run_once(
         turn.release()
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Turn:
     """A handshake slot, taken on creation (when a semaphore is given), released once.
 
@@ -296,6 +306,11 @@ class _Turn:
         if semaphore is not None and not semaphore.acquire(blocking=False):
             semaphore.acquire()
             on_wait_end()
+
+    @property
+    def idle(self) -> bool:
+        """True when no slot is held (never taken, or released)."""
+        return self._semaphore is None
 
     def release(self) -> None:
         if self._semaphore is not None:
@@ -483,7 +498,7 @@ def _execute(
             if not transport.is_active():
                 raise _StaleConnection() from None
             return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: {error}")
-        _drain(channel, out, err)
+        _drain(channel, out, err, context.bulk_readers)
     finally:
         if alarm is not None:
             alarm.cancel()
@@ -503,7 +518,9 @@ def _execute(
     return finish(Status.NO_EXIT_STATUS, "the server reported no exit status")
 
 
-def _drain(channel: Channel, out: _Capped, err: _Capped) -> None:
+def _drain(
+    channel: Channel, out: _Capped, err: _Capped, bulk_readers: threading.BoundedSemaphore
+) -> None:
     """Read stdout and stderr together until EOF, then wait for the exit status.
 
     Reading one stream first deadlocks once the other fills the ~2 MiB window.
@@ -514,14 +531,23 @@ def _drain(channel: Channel, out: _Capped, err: _Capped) -> None:
     ready = threading.Event()
     channel.in_buffer.set_event(ready)
     channel.in_stderr_buffer.set_event(ready)
-    while True:
-        ready.clear()
+    bulk = _Turn(None, _nothing)
+    try:
+        while True:
+            ready.clear()
+            _read_ready(channel, out, err)
+            if channel.eof_received or channel.closed:
+                break
+            if out.total + err.total > _BULK_BYTES and bulk.idle:
+                # A heavy stream now: wait for a bulk slot (the server waits on
+                # the window meanwhile). Hundreds of floods at once in one
+                # process cost far more CPU, in GIL contention, than in turns.
+                bulk = _Turn(bulk_readers, _nothing)
+            if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                ready.wait()
         _read_ready(channel, out, err)
-        if channel.eof_received or channel.closed:
-            break
-        if not (channel.recv_ready() or channel.recv_stderr_ready()):
-            ready.wait()
-    _read_ready(channel, out, err)
+    finally:
+        bulk.release()
     # exit-status may follow EOF; the server's channel close (or a dead
     # transport, or the watchdog) sets status_event too.
     channel.status_event.wait()
