@@ -62,7 +62,7 @@ def test_persistent_results_and_statuses_match_a_fresh_run(sshd, tmp_path, runti
 
 def test_an_unsafe_agent_directory_is_refused(sshd, tmp_path, runtime_dir):
     (runtime_dir / "fleetexec").mkdir()
-    os.chmod(runtime_dir / "fleetexec", 0o770)  # group access is enough to be refused
+    os.chmod(runtime_dir / "fleetexec", 0o770)  # noqa: S103 - the unsafe mode under test
     inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.21"])
     done = cli("run", "-i", str(inventory), "--no-system-known-hosts", "--persist", "--", "true")
     assert done.returncode == 2
