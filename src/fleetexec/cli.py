@@ -88,6 +88,16 @@ def _selection_options(function: Any) -> Any:
     return function
 
 
+def _selected_hosts(selection: Sequence[str], opts: dict[str, Any]) -> list[Host]:
+    """The hosts chosen by the selection options; a bad choice ends the program (exit 2)."""
+    try:
+        return _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
+                       opts["exclude"], opts["user"], opts["port"], opts["keys"],
+                       opts["connect_timeout"], opts["timeout"])
+    except InventoryError as error:
+        _fail(str(error))
+
+
 def _select(
     inventory: str | None, patterns: Sequence[str], groups: Sequence[str], exclude: Sequence[str],
     user: str | None, port: int | None, keys: Sequence[str], connect_timeout: float | None,
@@ -184,12 +194,7 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
         max_output = _size(opts["max_output"])
     except click.BadParameter as error:
         raise click.UsageError(f"--max-output: {error.message}") from None
-    try:
-        hosts = _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
-                        opts["exclude"], opts["user"], opts["port"], opts["keys"],
-                        opts["connect_timeout"], opts["timeout"])
-    except InventoryError as error:
-        _fail(str(error))
+    hosts = _selected_hosts(selection, opts)
     password = os.environ.get("FLEETEXEC_PASSWORD")
     if opts["ask_password"]:
         password = click.prompt("SSH password", hide_input=True, err=True)
@@ -271,12 +276,7 @@ def hosts(selection: tuple[str, ...], **opts: Any) -> None:
     """Print the selected hosts with their effective settings (never a secret)."""
     from .render import render_hosts
 
-    try:
-        chosen = _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
-                         opts["exclude"], opts["user"], opts["port"], opts["keys"],
-                         opts["connect_timeout"], opts["timeout"])
-    except InventoryError as error:
-        _fail(str(error))
+    chosen = _selected_hosts(selection, opts)
     click.echo(render_hosts(chosen))
     click.echo(f"{len(chosen)} host{'s' if len(chosen) != 1 else ''}")
 

@@ -1,0 +1,199 @@
+"""Connecting to one host: TCP, banner, key exchange, host key, auth, under one deadline."""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from ..host import Host
+from ..results import Status
+from .credentials import FleetAuth
+from .failure import Failure
+from .hostkeys import KnownHosts, fingerprint, record_host_key, to_pkey
+from .options import expand
+from .transport import FleetTransport, close_client
+from .watchdog import Alarm
+
+if TYPE_CHECKING:
+    from .session import WorkerContext
+
+__all__ = ["connect"]
+
+_BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
+_CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like this
+_MAX_STARTUPS_REFUSAL = b"Exceeded MaxStartups"  # what OpenSSH writes before hanging up
+
+
+class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown host keys: refused (strict) or recorded first (accept-new). Never AutoAdd."""
+
+    def __init__(self, context: WorkerContext, host: Host, known: KnownHosts) -> None:
+        self.context, self.host, self.known = context, host, known
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        where = f"{hostname} ({key.get_name()} {fingerprint(key)})"
+        if key.get_base64() in self.known.revoked:
+            raise Failure(Status.HOSTKEY_CHANGED, f"host key of {where} is marked @revoked")
+        if self.context.options.host_key_policy != "accept-new":
+            raise Failure(
+                Status.HOSTKEY_UNKNOWN,
+                f"host key of {where} is not in known_hosts; verify it and add it, "
+                "or use --host-key-policy accept-new",
+            )
+        path = expand(self.host.known_hosts_file or self.context.options.accept_new_file)
+        try:
+            record_host_key(path, hostname, key)
+        except OSError as error:
+            raise Failure(
+                Status.ERROR, f"cannot record host key in {path}: {error.strerror}"
+            ) from None
+        self.known.add(hostname, key)
+
+
+def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
+    """TCP + banner + key exchange + host key + auth, all under one wall-clock deadline."""
+    options = context.options
+    timeout = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
+    deadline = begin + timeout
+    attempts = 0
+    while True:
+        sock = _open_socket(host, deadline, timeout)
+        if _banner_arrives(sock, host, deadline, timeout):
+            break
+        sock.close()
+        attempts += 1
+        # Bounded, backed-off retries for this case only: the deadline or the count ends them.
+        pause = min(0.2 * 2 ** (attempts - 1), 2.0) * (1 + random.random())  # noqa: S311
+        if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
+            raise Failure(
+                Status.CONNECTION_LOST,
+                f"server closed the connection before its SSH banner ({attempts} attempts; "
+                "sshd MaxStartups or a firewall?)",
+            )
+        time.sleep(pause)
+    alarm = context.watchdog.arm(deadline, sock)
+    client = paramiko.SSHClient()
+    try:
+        _handshake(client, sock, host, context, alarm, timeout)
+    except BaseException:
+        close_client(client)
+        sock.close()
+        raise
+    finally:
+        alarm.cancel()
+    return client
+
+
+def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
+    try:
+        sock = socket.create_connection(
+            (host.address, host.port), timeout=max(0.001, deadline - time.monotonic())
+        )
+        # Small SSH packets otherwise wait on delayed ACKs (about 40 ms each).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    except socket.gaierror as error:
+        raise Failure(
+            Status.UNREACHABLE, f"cannot resolve {host.address}: {error.strerror}"
+        ) from None
+    except TimeoutError:
+        raise Failure(
+            Status.TIMEOUT, f"TCP connect did not complete within {timeout:g}s"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise Failure(
+            Status.UNREACHABLE, f"cannot connect to port {host.port}: {reason}"
+        ) from None
+
+
+def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: float) -> bool:
+    """Peek at the first line: False if the server hung up before its banner.
+
+    Peeking leaves the bytes for paramiko, and lets us cap a banner line the
+    way OpenSSH does (paramiko would accumulate an endless line forever).
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        poller = select.poll()  # not select.select: fds above 1023 are normal here
+        poller.register(sock, select.POLLIN)
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            raise Failure(Status.TIMEOUT, f"no SSH banner within {timeout:g}s")
+        try:
+            data = sock.recv(_BANNER_LINE_MAX, socket.MSG_PEEK)
+        except ConnectionResetError:
+            return False
+        except OSError as error:
+            raise Failure(
+                Status.CONNECTION_LOST, f"reading the SSH banner: {error.strerror}"
+            ) from None
+        if not data or data.startswith(_MAX_STARTUPS_REFUSAL):
+            return False
+        if b"\n" in data:
+            return True
+        if len(data) >= _BANNER_LINE_MAX:
+            raise Failure(Status.PROTOCOL_ERROR, f"not an SSH server: a first line over "
+                           f"{_BANNER_LINE_MAX} bytes")
+        time.sleep(0.01)  # a partial line is still in the buffer: select would not block
+
+
+def _handshake(
+    client: paramiko.SSHClient, sock: socket.socket, host: Host, context: WorkerContext,
+    alarm: Alarm, timeout: float,
+) -> None:
+    options = context.options
+    known = context.known_hosts(host)
+    for key_type, key_b64 in known.lookup(host.known_hosts_name):
+        key = to_pkey(key_type, key_b64)
+        if key is not None and key_b64 not in known.revoked:
+            client.get_host_keys().add(host.known_hosts_name, key_type, key)
+    client.set_missing_host_key_policy(HostKeyPolicy(context, host, known))
+    key_files = host.key_files or options.key_files
+    user = host.user or options.default_user
+    auth = FleetAuth(user, [context.key(p) for p in key_files], context.agent_keys,
+                     options.password)
+    remaining = max(0.001, alarm.deadline - time.monotonic())
+    try:
+        client.connect(
+            host.address, port=host.port, username=user, sock=sock, timeout=remaining,
+            banner_timeout=remaining, auth_timeout=remaining, channel_timeout=remaining,
+            allow_agent=False, look_for_keys=False, auth_strategy=auth,
+            transport_factory=FleetTransport,  # type: ignore[arg-type]
+        )
+    except Failure:
+        raise
+    except paramiko.BadHostKeyException as error:
+        raise Failure(
+            Status.HOSTKEY_CHANGED,
+            f"HOST KEY CHANGED for {host.known_hosts_name}: server offers "
+            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
+            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}; refusing "
+            "(possible man-in-the-middle, or the host was reinstalled)",
+        ) from None
+    except Exception as error:
+        if alarm.fired:
+            raise Failure(
+                Status.TIMEOUT, f"connect did not complete within {timeout:g}s"
+            ) from None
+        if isinstance(error, paramiko.AuthenticationException):
+            tried = len(auth.keys) + len(auth.agent_keys) + (auth.password is not None)
+            raise Failure(
+                Status.AUTH_FAILED,
+                f"authentication failed for user {user!r} ({tried} credential(s) tried)"
+                if tried else f"no credentials for user {user!r}: give --key, --use-agent "
+                "or a password",
+            ) from None
+        if isinstance(error, paramiko.SSHException):
+            raise Failure(Status.PROTOCOL_ERROR, f"SSH handshake failed: {error}") from None
+        if isinstance(error, EOFError | OSError):
+            raise Failure(
+                Status.CONNECTION_LOST, "connection closed during the SSH handshake"
+            ) from None
+        raise

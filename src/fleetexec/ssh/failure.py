@@ -1,0 +1,24 @@
+"""Host-level failures inside the SSH layer, turned into `HostResult`s before they leave it."""
+
+from __future__ import annotations
+
+from ..results import HostResult, Status
+
+__all__ = ["Failure", "StaleConnection"]
+
+
+class Failure(Exception):
+    """A host-level failure, turned into a `HostResult` before leaving this module."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class StaleConnection(Failure):
+    """The connection was dead before the command started: safe to retry on a new one."""
+
+    def __init__(self) -> None:
+        super().__init__(Status.CONNECTION_LOST, "connection lost before the command started")
+        self.result: HostResult | None = None

@@ -1,0 +1,93 @@
+"""The paramiko Transport as fleetexec drives it, and how a client is closed.
+
+paramiko drops `exit-signal` (a killed command looks like exit -1), logs
+dozens of lines per connection, and its transport thread notices a local
+close only at its next socket poll. This subclass records the signal, stays
+silent, and `close_client` shuts the socket down so the thread exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+
+import paramiko
+from paramiko.channel import Channel
+from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.message import Message
+
+__all__ = ["FleetTransport", "close_client"]
+
+# paramiko logs connection errors at WARNING; with no handler configured Python
+# would print them on stderr, between our sanitised lines. Failures are reported
+# as results instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+_WINDOW = 1024 * 1024
+
+
+def _handle_channel_request(chan: Channel, m: Message) -> None:
+    # paramiko ignores `exit-signal` (a killed command looks like exit -1):
+    # record it, hand every other request to paramiko as usual.
+    start = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()  # want_reply: never set for exit-signal (RFC 4254 6.10)
+        transport = chan.transport
+        if isinstance(transport, FleetTransport):
+            transport.exit_signals[chan.chanid] = m.get_text()
+        chan.status_event.set()
+        return
+    m.packet.seek(start)
+    Channel._handle_request(chan, m)  # type: ignore[attr-defined]
+
+
+class _Silent:
+    """A logger that drops everything, cheaply."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+        return False
+
+
+_SILENT = _Silent()
+
+
+class FleetTransport(paramiko.Transport):
+    """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
+
+    # The transport thread polls its socket this often to notice a local close;
+    # paramiko's 0.1 s wakes every idle connection ten times a second. Our
+    # closes shut the socket down first, which wakes the thread at once.
+    _active_check_timeout = 1.0
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+        "aes128-ctr", "aes192-ctr", "aes256-ctr",
+    )
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,  # type: ignore[attr-defined]
+        MSG_CHANNEL_REQUEST: _handle_channel_request,
+    }
+
+    def __init__(self, sock: socket.socket, **kwargs: object) -> None:
+        # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
+        # slot absorbs at most this much, so the bulk limit really limits.
+        super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
+        self.exit_signals: dict[int, str] = {}
+        # paramiko logs dozens of lines per connection; failures reach us as
+        # results, so the per-packet logging calls are pure cost here.
+        self.logger = _SILENT  # type: ignore[assignment]
+        self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
+
+    def _parse_debug(self, m: Message) -> None:
+        pass  # server debug messages: paramiko formats them byte by byte only to log them
+
+
+def close_client(client: paramiko.SSHClient) -> None:
+    transport = client.get_transport()
+    if transport is not None:
+        with contextlib.suppress(OSError):  # wakes the transport thread now, not at its poll
+            transport.sock.shutdown(socket.SHUT_RDWR)
+    client.close()
