@@ -214,7 +214,7 @@ class WorkerPool:
 
     def _wait(self, run: _Run, cancel: threading.Event | None) -> None:
         last_check = time.monotonic()
-        while run.collector.pending and run.config_error is None:
+        while not run.collector.complete and run.config_error is None:
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt
             try:

@@ -239,6 +239,11 @@ class Collector:
         return host in self._results
 
     @property
+    def complete(self) -> bool:
+        """True once every host has a result (cheap: checked after every message)."""
+        return len(self._results) == len(self._order)
+
+    @property
     def pending(self) -> list[str]:
         """Hosts still without a result, in inventory order."""
         return [name for name in self._order if name not in self._results]

@@ -1,0 +1,134 @@
+"""Connection reuse: a second command over kept connections, against a first over fresh ones.
+
+One real sshd serving N loopback hosts. Measures, in one run:
+- fleetexec `FleetSession`: the first `run()` (connects) and the next ones (reuse);
+- fleetexec CLI `--persist`: the first call (starts the agent, connects) and the next;
+- fleetexec `run()` (fresh connections every time), the baseline;
+- asyncssh with its connections kept open, the peer: connect all, then one command
+  on every kept connection (at most 128 in flight, as in bench.py).
+Prints wall seconds and ratios: first / reused (the speed-up reuse buys) and
+fleetexec reused / asyncssh reused (< 1.00: fleetexec faster).
+
+    python bench/reuse.py [--n 500] [--command true] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fleetexec
+from fleetexec.testing.sshd import OpenSSHServer, addresses
+
+
+def timed(action: object) -> tuple[float, object]:
+    begin = time.perf_counter()
+    value = action()  # type: ignore[operator]
+    return time.perf_counter() - begin, value
+
+
+def ok_count(result: fleetexec.FleetResult) -> int:
+    return len(result.succeeded)
+
+
+def cli_run(inventory: Path, command: str, env: dict[str, str]) -> int:
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetexec", "run", "-i", str(inventory), "--no-system-known-hosts",
+         "--persist", "-o", "json", "--", command],
+        capture_output=True, text=True, env=env, check=False)
+    return int(json.loads(done.stdout)["summary"]["counts"].get("ok", 0))
+
+
+async def asyncssh_reused(hosts: list[str], port: int, user: str, key: Path, known: Path,
+                          command: str) -> tuple[float, float, int]:
+    import asyncssh
+
+    options = asyncssh.SSHClientConnectionOptions(
+        username=user, known_hosts=asyncssh.read_known_hosts(str(known)),
+        client_keys=[asyncssh.read_private_key(str(key))], agent_path=None, config=[])
+    limit = asyncio.Semaphore(128)
+
+    async def connect(host: str) -> asyncssh.SSHClientConnection:
+        async with limit:
+            return await asyncssh.connect(host, port, options=options)
+
+    async def run(conn: asyncssh.SSHClientConnection) -> bool:
+        async with limit:
+            return (await conn.run(command, check=False)).exit_status == 0
+
+    begin = time.perf_counter()
+    conns = await asyncio.gather(*(connect(h) for h in hosts))
+    await asyncio.gather(*(run(c) for c in conns))
+    first = time.perf_counter() - begin
+    begin = time.perf_counter()
+    oks = await asyncio.gather(*(run(c) for c in conns))
+    reused = time.perf_counter() - begin
+    for conn in conns:
+        conn.close()
+    return first, reused, sum(oks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--command", default="true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float, ok: int) -> None:
+        rows.setdefault(name, []).append(seconds)
+        print(f"{name}: {seconds:.2f} s, ok {ok}/{args.n}", file=sys.stderr)
+
+    with OpenSSHServer(max_startups="4000:30:8000") as sshd, \
+            tempfile.TemporaryDirectory() as tmp:
+        hosts = addresses(args.n)
+        inventory = sshd.write_inventory(Path(tmp) / "inventory.yaml", hosts)
+        known = Path(tmp) / "known_hosts"
+        selected = fleetexec.load_inventory(inventory).select()
+        env = dict(os.environ, XDG_RUNTIME_DIR=tmp)
+        (Path(tmp) / "fleetexec").mkdir(mode=0o700)
+        for _ in range(args.repeats):
+            seconds, result = timed(lambda: fleetexec.run(selected, args.command,
+                                                          system_known_hosts=False))
+            add("fleetexec run() (fresh connections)", seconds, ok_count(result))
+            with fleetexec.FleetSession(selected, system_known_hosts=False) as session:
+                seconds, result = timed(lambda: session.run(args.command))
+                add("FleetSession first run", seconds, ok_count(result))
+                seconds, result = timed(lambda: session.run(args.command))
+                add("FleetSession second run", seconds, ok_count(result))
+            seconds, ok = timed(lambda: cli_run(inventory, args.command, env))
+            add("CLI --persist first call", seconds, ok)  # type: ignore[arg-type]
+            seconds, ok = timed(lambda: cli_run(inventory, args.command, env))
+            add("CLI --persist second call", seconds, ok)  # type: ignore[arg-type]
+            subprocess.run([sys.executable, "-m", "fleetexec", "agent", "stop"], env=env,
+                           capture_output=True, check=False)
+            first, reused, ok = asyncio.run(asyncssh_reused(
+                hosts, sshd.port, sshd.user, sshd.client_key_path, known, args.command))
+            add("asyncssh first (connect + run)", first, ok)
+            add("asyncssh second run (kept)", reused, ok)
+
+    median = {name: statistics.median(values) for name, values in rows.items()}
+    print(f"N = {args.n}, command `{args.command}`, {args.repeats} repeats, median wall seconds\n")
+    print("| run | wall s |\n|---|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value:.2f} |")
+    print()
+    session = median["FleetSession first run"] / median["FleetSession second run"]
+    persist = median["CLI --persist first call"] / median["CLI --persist second call"]
+    peer = median["FleetSession second run"] / median["asyncssh second run (kept)"]
+    print(f"- FleetSession: second run {session:.1f}x faster than the first")
+    print(f"- CLI --persist: second call {persist:.1f}x faster than the first")
+    print(f"- reused run, FleetSession / asyncssh (kept connections): {peer:.2f}")
+
+
+if __name__ == "__main__":
+    main()
