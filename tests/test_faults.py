@@ -331,6 +331,18 @@ def test_23_peer_offering_only_cbc_ciphers_is_refused_clearly(
     quick(r, 20)
 
 
+def test_23_peer_without_strict_kex_connects_by_default_and_is_refused_when_required() -> None:
+    hosts = [MockHost("old", strict_kex=False), MockHost("new")]
+    with MockFleet(hosts) as fleet:
+        default = fleet.run("echo hi", timeout=5)
+        strict = fleet.run("echo hi", timeout=5, require_strict_kex=True)
+    assert default["old"].stdout == b"hi\n" and default["new"].ok  # allowed: policy
+    assert strict["old"].status is Status.PROTOCOL_ERROR
+    assert "strict key exchange" in (strict["old"].error or "")
+    assert strict["old"].stdout == b""  # refused before any credential or command
+    assert strict["new"].ok
+
+
 # ---- Command / channel (rows 32-43) ----------------------------------------------------------
 
 

@@ -276,7 +276,8 @@ class _Agent:
             options.get("known_hosts", ()), options.get("system_known_hosts", True),
             options.get("host_key_policy", "strict"), options.get("connect_timeout", 10.0),
             options.get("timeout", 60.0), options.get("max_output", 1024 * 1024), False,
-            options.get("password"), options.get("passphrase"))
+            options.get("password"), options.get("passphrase"),
+            options.get("require_strict_kex", False))
         key = json.dumps(options, sort_keys=True)
         with self.lock:
             entry = self.pools.get(key)

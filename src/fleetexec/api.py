@@ -29,6 +29,7 @@ def run(
     known_hosts: Sequence[str] = (),
     system_known_hosts: bool = True,
     host_key_policy: HostKeyPolicy = "strict",
+    require_strict_kex: bool = False,
     parallel: int | None = None,
     processes: int | None = None,
     connect_timeout: float = 10.0,
@@ -48,7 +49,9 @@ def run(
     `/etc/ssh/ssh_known_hosts` unless `system_known_hosts=False`);
     `host_key_policy="accept-new"` records keys of hosts never seen before in
     the host's own known_hosts file, else the first of `known_hosts`, else
-    `~/.ssh/known_hosts`, and still refuses changed keys. `connect_timeout`
+    `~/.ssh/known_hosts`, and still refuses changed keys. `require_strict_kex`
+    refuses servers without the Terrapin countermeasure (`protocol_error`,
+    before any credential is sent). `connect_timeout`
     bounds TCP connect + handshake + auth; `timeout` bounds the command from
     exec (0 = none). `on_result` is called in this process as each host
     finishes. A failure on a host is a `HostResult`, never an exception.
@@ -60,7 +63,7 @@ def run(
     _check_command(command)
     resolved, options = _prepare(
         hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
-        connect_timeout, timeout, max_output, use_agent, password, passphrase)
+        connect_timeout, timeout, max_output, use_agent, password, passphrase, require_strict_kex)
     return execute(resolved, command, options, parallel=parallel, processes=processes,
                    on_result=on_result)
 
@@ -88,6 +91,7 @@ class FleetSession:
         known_hosts: Sequence[str] = (),
         system_known_hosts: bool = True,
         host_key_policy: HostKeyPolicy = "strict",
+        require_strict_kex: bool = False,
         parallel: int | None = None,
         processes: int | None = None,
         connect_timeout: float = 10.0,
@@ -99,7 +103,8 @@ class FleetSession:
     ) -> None:
         self.hosts, self._options = _prepare(
             hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
-            connect_timeout, timeout, max_output, use_agent, password, passphrase)
+            connect_timeout, timeout, max_output, use_agent, password, passphrase,
+            require_strict_kex)
         self._sizing = plan(max(1, len(self.hosts)), parallel, processes)
         self._pool: WorkerPool | None = None
 
@@ -135,7 +140,7 @@ def _prepare(
     hosts: Iterable[Host | str], user: str | None, port: int | None, key_files: Sequence[str],
     known_hosts: Sequence[str], system_known_hosts: bool, host_key_policy: str,
     connect_timeout: float, timeout: float, max_output: int, use_agent: bool,
-    password: str | None, passphrase: str | None,
+    password: str | None, passphrase: str | None, require_strict_kex: bool = False,
 ) -> tuple[list[Host], SessionOptions]:
     """Validate the options and resolve the hosts; every path made absolute here,
     because workers run with the forkserver's working directory and HOME."""
@@ -155,6 +160,7 @@ def _prepare(
         connect_timeout=connect_timeout,
         command_timeout=timeout,
         host_key_policy=host_key_policy,
+        require_strict_kex=require_strict_kex,
         known_hosts_files=tuple(expand(p) for p in files),
         accept_new_file=expand(known_hosts[0] if known_hosts else "~/.ssh/known_hosts"),
         use_agent=use_agent,

@@ -159,6 +159,9 @@ def main() -> None:
 @click.option("--host-key-policy", type=click.Choice(["strict", "accept-new"]), default="strict",
               show_default=True, help="accept-new records keys of new hosts; changed keys are "
               "always refused.")
+@click.option("--require-strict-kex", is_flag=True,
+              help="Refuse servers without strict key exchange (the Terrapin fix) before "
+                   "any credential is sent.")
 @click.option("-P", "--parallel", type=click.IntRange(min=1),
               help="Sessions in flight at most [1024, capped by the open-files limit].")
 @click.option("--processes", type=click.IntRange(min=1), help="Worker processes [one per core].")
@@ -233,6 +236,7 @@ def _execute(
         "known_hosts": list(opts["known_hosts"]),
         "system_known_hosts": not opts["no_system_known_hosts"],
         "host_key_policy": opts["host_key_policy"], "parallel": opts["parallel"],
+        "require_strict_kex": opts.get("require_strict_kex", False),
         "processes": opts["processes"], "max_output": max_output, "use_agent": opts["use_agent"],
         "password": password, "passphrase": passphrase,
     }

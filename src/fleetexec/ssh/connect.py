@@ -12,7 +12,7 @@ import paramiko
 
 from ..host import Host
 from ..results import Status
-from .credentials import FleetAuth
+from .credentials import FleetAuth, WeakKeyExchange
 from .failure import Failure
 from .hostkeys import KnownHosts, fingerprint, record_host_key, to_pkey
 from .options import expand
@@ -158,7 +158,7 @@ def _handshake(
     key_files = host.key_files or options.key_files
     user = host.user or options.default_user
     auth = FleetAuth(user, [context.key(p) for p in key_files], context.agent_keys,
-                     options.password)
+                     options.password, options.require_strict_kex)
     remaining = max(0.001, alarm.deadline - time.monotonic())
     try:
         client.connect(
@@ -169,6 +169,8 @@ def _handshake(
         )
     except Failure:
         raise
+    except WeakKeyExchange as error:
+        raise Failure(Status.PROTOCOL_ERROR, str(error)) from None
     except paramiko.BadHostKeyException as error:
         raise Failure(
             Status.HOSTKEY_CHANGED,

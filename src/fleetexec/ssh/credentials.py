@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import paramiko
 from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey, Password
@@ -17,7 +18,7 @@ from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey,
 from ..exceptions import ConfigError
 from .options import Secret, expand
 
-__all__ = ["FleetAuth", "load_private_key"]
+__all__ = ["FleetAuth", "WeakKeyExchange", "load_private_key"]
 
 
 def load_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey:
@@ -50,18 +51,32 @@ def load_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey:
         raise ConfigError(f"key file {full}: {reason} ({type(error).__name__})") from None
 
 
+class WeakKeyExchange(paramiko.SSHException):
+    """The server's key exchange is weaker than the user required."""
+
+
 class FleetAuth(AuthStrategy):
     """Try the configured keys, then the agent's (if asked), then a password (if given)."""
 
     def __init__(
         self, username: str, keys: Sequence[paramiko.PKey], agent_keys: Sequence[paramiko.PKey],
-        password: Secret | None,
+        password: Secret | None, require_strict_kex: bool = False,
     ) -> None:
         super().__init__(ssh_config=paramiko.SSHConfig())
+        self.require_strict_kex = require_strict_kex
         self.username = username
         self.keys = keys
         self.agent_keys = agent_keys
         self.password = password
+
+    def authenticate(self, transport: paramiko.Transport) -> list[Any]:
+        # The last moment before any credential leaves: the host key is verified
+        # and the key exchange is done, so this is where a weak peer is refused.
+        if self.require_strict_kex and not getattr(transport, "agreed_on_strict_kex", False):
+            raise WeakKeyExchange(
+                "server does not offer strict key exchange (Terrapin, CVE-2023-48795); "
+                "refused by --require-strict-kex")
+        return super().authenticate(transport)
 
     def get_sources(self) -> Iterator[AuthSource]:
         for key in [*self.keys, *self.agent_keys]:

@@ -42,6 +42,7 @@ class SessionOptions:
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     host_key_policy: str = "strict"
+    require_strict_kex: bool = False
     known_hosts_files: tuple[str, ...] = DEFAULT_KNOWN_HOSTS
     accept_new_file: str = "~/.ssh/known_hosts"
     key_files: tuple[str, ...] = ()

@@ -176,6 +176,7 @@ class MockHost:
     fault: Fault | None = None
     passthrough: bool = False
     host_key_type: KeyType = "ed25519"
+    strict_kex: bool = True  # False: an old server without the Terrapin countermeasure
 
     def __post_init__(self) -> None:
         if self.host_key_type not in ("ed25519", "ecdsa", "rsa"):

@@ -69,7 +69,7 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
         # subsystem that serves the test machine's real file system.
         self.server = server
         self.command_queues: dict[int, queue.Queue[bytes]] = {}
-        self.transport = paramiko.Transport(client_conn[0])
+        self.transport = paramiko.Transport(client_conn[0], strict_kex=server.spec.strict_kex)
         self.transport.set_log_channel(f"{__name__}.transport")
         self.transport.name = f"mockfleet-{server.name}-transport"
         self.transport.add_server_key(server.host_key)
