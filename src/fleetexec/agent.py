@@ -267,17 +267,16 @@ class _Agent:
                     self.last_used = time.monotonic()
 
     def _run(self, conn: socket.socket, request: dict[str, Any]) -> None:
-        from .api import _prepare
+        from .api import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, _prepare
         from .executor import WorkerPool, plan
 
         options = request["options"]
+        # The CLI sends every run() option except these; its hosts carry their own
+        # user, port, keys and timeouts.
+        settings = {k: v for k, v in options.items() if k not in ("parallel", "processes")}
         hosts, session_options = _prepare(
-            [_decode_host(h) for h in request["hosts"]], None, None, (),
-            options.get("known_hosts", ()), options.get("system_known_hosts", True),
-            options.get("host_key_policy", "strict"), options.get("connect_timeout", 10.0),
-            options.get("timeout", 60.0), options.get("max_output", 1024 * 1024), False,
-            options.get("password"), options.get("passphrase"),
-            options.get("require_strict_kex", False))
+            [_decode_host(h) for h in request["hosts"]], user=None, port=None, key_files=(),
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT, timeout=DEFAULT_TIMEOUT, **settings)
         key = json.dumps(options, sort_keys=True)
         with self.lock:
             entry = self.pools.get(key)

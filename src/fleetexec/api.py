@@ -18,6 +18,10 @@ __all__ = ["FleetSession", "HostKeyPolicy", "run"]
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_OUTPUT = 1024 * 1024
+
 
 def run(
     hosts: Iterable[Host | str],
@@ -32,9 +36,9 @@ def run(
     require_strict_kex: bool = False,
     parallel: int | None = None,
     processes: int | None = None,
-    connect_timeout: float = 10.0,
-    timeout: float = 60.0,
-    max_output: int = 1024 * 1024,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_output: int = DEFAULT_MAX_OUTPUT,
     use_agent: bool = False,
     password: str | None = None,
     passphrase: str | None = None,
@@ -62,8 +66,10 @@ def run(
     """
     _check_command(command)
     resolved, options = _prepare(
-        hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
-        connect_timeout, timeout, max_output, use_agent, password, passphrase, require_strict_kex)
+        hosts, user=user, port=port, key_files=key_files, known_hosts=known_hosts,
+        system_known_hosts=system_known_hosts, host_key_policy=host_key_policy,
+        require_strict_kex=require_strict_kex, connect_timeout=connect_timeout, timeout=timeout,
+        max_output=max_output, use_agent=use_agent, password=password, passphrase=passphrase)
     return execute(resolved, command, options, parallel=parallel, processes=processes,
                    on_result=on_result)
 
@@ -94,17 +100,19 @@ class FleetSession:
         require_strict_kex: bool = False,
         parallel: int | None = None,
         processes: int | None = None,
-        connect_timeout: float = 10.0,
-        timeout: float = 60.0,
-        max_output: int = 1024 * 1024,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_output: int = DEFAULT_MAX_OUTPUT,
         use_agent: bool = False,
         password: str | None = None,
         passphrase: str | None = None,
     ) -> None:
         self.hosts, self._options = _prepare(
-            hosts, user, port, key_files, known_hosts, system_known_hosts, host_key_policy,
-            connect_timeout, timeout, max_output, use_agent, password, passphrase,
-            require_strict_kex)
+            hosts, user=user, port=port, key_files=key_files, known_hosts=known_hosts,
+            system_known_hosts=system_known_hosts, host_key_policy=host_key_policy,
+            require_strict_kex=require_strict_kex, connect_timeout=connect_timeout,
+            timeout=timeout, max_output=max_output, use_agent=use_agent, password=password,
+            passphrase=passphrase)
         self._sizing = plan(max(1, len(self.hosts)), parallel, processes)
         self._pool: WorkerPool | None = None
 
@@ -137,10 +145,10 @@ def _check_command(command: object) -> None:
 
 
 def _prepare(
-    hosts: Iterable[Host | str], user: str | None, port: int | None, key_files: Sequence[str],
-    known_hosts: Sequence[str], system_known_hosts: bool, host_key_policy: str,
-    connect_timeout: float, timeout: float, max_output: int, use_agent: bool,
-    password: str | None, passphrase: str | None, require_strict_kex: bool = False,
+    hosts: Iterable[Host | str], *, user: str | None, port: int | None,
+    key_files: Sequence[str], known_hosts: Sequence[str], system_known_hosts: bool,
+    host_key_policy: str, require_strict_kex: bool, connect_timeout: float, timeout: float,
+    max_output: int, use_agent: bool, password: str | None, passphrase: str | None,
 ) -> tuple[list[Host], SessionOptions]:
     """Validate the options and resolve the hosts; every path made absolute here,
     because workers run with the forkserver's working directory and HOME."""
