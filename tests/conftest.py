@@ -57,7 +57,7 @@ class SshdFleet:
 
     def run_options(self) -> dict[str, object]:
         return {"known_hosts": [self.known_hosts], "system_known_hosts": False,
-                "connect_timeout": 10.0, "timeout": 30.0}
+                "connect_timeout": 10.0, "command_timeout": 30.0}
 
 
 @pytest.fixture

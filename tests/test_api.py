@@ -17,8 +17,8 @@ def test_public_names_are_pinned_and_sorted():
     assert fleetexec.__all__ == sorted(fleetexec.__all__)
     assert fleetexec.__all__ == [
         "ConfigError", "FleetError", "FleetFailure", "FleetResult", "FleetSession", "Host",
-        "HostKeyPolicy",
-        "HostResult", "Inventory", "InventoryError", "Status", "load_inventory", "run",
+        "HostKeyPolicy", "HostResult", "Inventory", "InventoryError", "Options", "Secret",
+        "Status", "load_inventory", "run", "run_one",
     ]
 
 
@@ -100,7 +100,7 @@ def test_collector_ignores_duplicates_and_unknown_hosts_and_guards_callbacks(cap
 
 @pytest.mark.parametrize("kwargs", [
     {"command": ""}, {"command": "true", "host_key_policy": "yes"},
-    {"command": "true", "timeout": -1}, {"command": "true", "connect_timeout": 0},
+    {"command": "true", "command_timeout": -1}, {"command": "true", "connect_timeout": 0},
 ])
 def test_run_refuses_bad_arguments_before_connecting(kwargs):
     with pytest.raises(ConfigError):
@@ -111,10 +111,9 @@ def test_run_with_no_hosts_returns_an_empty_result():
     assert len(fleetexec.run([], "true")) == 0
 
 
-def test_secrets_never_show_in_repr():
-    from fleetexec.ssh.options import Secret, SessionOptions
-
-    options = SessionOptions(password=Secret("hunter2"),
-                             passphrase=Secret("sesame"))
+def test_secrets_never_show_in_repr_or_json():
+    options = fleetexec.Options(password="hunter2", passphrase="sesame")
     assert "hunter2" not in repr(options) and "sesame" not in repr(options)
+    assert "hunter2" not in str(options.to_json()) and "sesame" not in str(options.to_json())
     assert pickle.loads(pickle.dumps(options)).password.reveal() == "hunter2"
+    assert "hunter2" not in options.fingerprint(b"k")

@@ -54,7 +54,7 @@ class Healthy:
 
     def run(self, *hosts: Host, command: str = "echo alive", **options: object):
         options = {"known_hosts": [self.known_hosts], "system_known_hosts": False,
-                   "connect_timeout": CONNECT, "timeout": COMMAND, **options}
+                   "connect_timeout": CONNECT, "command_timeout": COMMAND, **options}
         result = fleetexec.run([*hosts, self.host], command, **options)
         assert list(result) == [*(h.name for h in hosts), "healthy"]
         r = result["healthy"]
@@ -90,7 +90,7 @@ def mock_run(specs: list[MockHost], command: str = "echo alive", connect_timeout
              **options: object):
     """Run over a MockFleet of `specs` plus a healthy mock host; check the healthy one."""
     with MockFleet([*specs, MockHost("healthy")], connect_timeout=connect_timeout) as fleet:
-        result = fleet.run(command, **{"timeout": COMMAND, **options})
+        result = fleet.run(command, **{"command_timeout": COMMAND, **options})
     assert list(result) == [*(s.name for s in specs), "healthy"]
     assert (result["healthy"].status, result["healthy"].stdout) == (Status.OK, b"alive\n")
     return result
@@ -99,7 +99,7 @@ def mock_run(specs: list[MockHost], command: str = "echo alive", connect_timeout
 # ---- Network / connect (rows 9-14) -----------------------------------------------------------
 
 
-def test_09_nothing_listening_is_unreachable_at_once(healthy: Healthy) -> None:
+def test_nothing_listening_is_unreachable_at_once(healthy: Healthy) -> None:
     address = "127.5.0.9"
     dead = Host("dead", address=address, port=closed_port(address), connect_timeout=10)
     r = healthy.run(dead)["dead"]
@@ -163,7 +163,7 @@ def healthy_inventory(sshd: OpenSSHServer, tmp_path: Path, extra: dict[str, str]
     return inventory
 
 
-def test_10_name_that_does_not_resolve_is_unreachable_after_one_lookup(
+def test_name_that_does_not_resolve_is_unreachable_after_one_lookup(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     inventory = healthy_inventory(sshd, tmp_path, {"ghost": "no-such-host.test"})
@@ -175,7 +175,7 @@ def test_10_name_that_does_not_resolve_is_unreachable_after_one_lookup(
     assert lookups == ["no-such-host.test"]  # one lookup: no retry storm
 
 
-def test_11_black_hole_times_out_at_the_connect_deadline(healthy: Healthy) -> None:
+def test_black_hole_times_out_at_the_connect_deadline(healthy: Healthy) -> None:
     with FaultServer("blackhole", "127.5.0.11") as server:
         r = healthy.run(fault_host(server))["faulty"]
     assert r.status is Status.TIMEOUT
@@ -183,7 +183,7 @@ def test_11_black_hole_times_out_at_the_connect_deadline(healthy: Healthy) -> No
     within(r, CONNECT)
 
 
-def test_12_server_that_never_speaks_times_out_at_the_connect_deadline(healthy: Healthy) -> None:
+def test_server_that_never_speaks_times_out_at_the_connect_deadline(healthy: Healthy) -> None:
     with FaultServer("tarpit", "127.5.0.12") as server:
         r = healthy.run(fault_host(server))["faulty"]
     assert r.status is Status.TIMEOUT
@@ -191,7 +191,7 @@ def test_12_server_that_never_speaks_times_out_at_the_connect_deadline(healthy: 
     within(r, CONNECT)
 
 
-def test_13_server_closing_before_its_banner_is_retried_then_connection_lost(
+def test_server_closing_before_its_banner_is_retried_then_connection_lost(
     healthy: Healthy,
 ) -> None:
     # A few retries with backoff; the deadline (5 s) or their count ends them.
@@ -204,7 +204,7 @@ def test_13_server_closing_before_its_banner_is_retried_then_connection_lost(
     assert r.duration < 5 + GRACE
 
 
-def test_13_exceeded_maxstartups_line_is_retried_then_connection_lost_with_hint(
+def test_exceeded_maxstartups_line_is_retried_then_connection_lost_with_hint(
     healthy: Healthy,
 ) -> None:
     with FaultServer("maxstartups", "127.5.0.13") as server:
@@ -216,7 +216,7 @@ def test_13_exceeded_maxstartups_line_is_retried_then_connection_lost_with_hint(
     assert r.duration < 5 + GRACE
 
 
-def test_13_real_sshd_over_maxstartups_ends_ok_through_the_bounded_retry(tmp_path: Path) -> None:
+def test_real_sshd_over_maxstartups_ends_ok_through_the_bounded_retry(tmp_path: Path) -> None:
     with OpenSSHServer(max_startups="2:100:2") as server:
         hosts_addresses = addresses(20, base="127.5.1.1")
         known = server.write_known_hosts(tmp_path / "known_hosts", hosts_addresses)
@@ -225,7 +225,7 @@ def test_13_real_sshd_over_maxstartups_ends_ok_through_the_bounded_retry(tmp_pat
                  for i, a in enumerate(hosts_addresses)]
         result = fleetexec.run(hosts, "echo alive", known_hosts=[str(known)],
                                system_known_hosts=False, parallel=20, connect_timeout=10,
-                               timeout=10)
+                               command_timeout=10)
     assert len(result) == 20
     for r in result.values():
         # Either the bounded retry got through, or the hint says why it did not.
@@ -235,7 +235,7 @@ def test_13_real_sshd_over_maxstartups_ends_ok_through_the_bounded_retry(tmp_pat
     assert len(result.succeeded) >= 15  # the retry makes "ok" the common case
 
 
-def test_14_several_addresses_are_tried_in_order_the_first_refusing(
+def test_several_addresses_are_tried_in_order_the_first_refusing(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     refused = ("127.5.0.14", closed_port("127.5.0.14"))
@@ -248,7 +248,7 @@ def test_14_several_addresses_are_tried_in_order_the_first_refusing(
     assert lookups == ["multi.test"]
 
 
-def test_14_one_deadline_covers_every_address_a_black_hole_first_uses_it_up(
+def test_one_deadline_covers_every_address_a_black_hole_first_uses_it_up(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     with FaultServer("blackhole", "127.5.0.14") as hole:
@@ -276,7 +276,7 @@ IMMEDIATE: list[tuple[str, FaultKind, str]] = [
 
 @pytest.mark.parametrize(("kind", "error"), [(k, e) for _, k, e in IMMEDIATE],
                          ids=[row for row, _, _ in IMMEDIATE])
-def test_15_to_20_not_ssh_is_a_protocol_error_at_once(
+def test_not_ssh_is_a_protocol_error_at_once(
     healthy: Healthy, kind: FaultKind, error: str
 ) -> None:
     # A 10 MiB endless first line for no-newline: the 8 KiB cap must stop it early.
@@ -297,7 +297,7 @@ SILENT: list[tuple[str, FaultKind, dict[str, object]]] = [
 
 @pytest.mark.parametrize(("kind", "options"), [(k, o) for _, k, o in SILENT],
                          ids=[row for row, _, _ in SILENT])
-def test_19_21_22_stalled_handshake_times_out_at_the_overall_deadline(
+def test_stalled_handshake_times_out_at_the_overall_deadline(
     healthy: Healthy, kind: FaultKind, options: dict
 ) -> None:
     with FaultServer(kind, "127.5.0.19", **options) as server:
@@ -307,7 +307,7 @@ def test_19_21_22_stalled_handshake_times_out_at_the_overall_deadline(
     within(r, CONNECT)  # bytes that keep arriving do not extend it
 
 
-def test_23_old_but_acceptable_algorithms_connect(healthy: Healthy, tmp_path: Path) -> None:
+def test_old_but_acceptable_algorithms_connect(healthy: Healthy, tmp_path: Path) -> None:
     old = ["KexAlgorithms diffie-hellman-group14-sha256", "Ciphers aes128-ctr",
            "MACs hmac-sha2-256"]
     with OpenSSHServer(extra_config=old) as server:
@@ -318,7 +318,7 @@ def test_23_old_but_acceptable_algorithms_connect(healthy: Healthy, tmp_path: Pa
     assert (r.status, r.stdout) == (Status.OK, b"alive\n")
 
 
-def test_23_peer_offering_only_cbc_ciphers_is_refused_clearly(
+def test_peer_offering_only_cbc_ciphers_is_refused_clearly(
     healthy: Healthy, tmp_path: Path
 ) -> None:
     with OpenSSHServer(extra_config=["Ciphers aes128-cbc"]) as server:
@@ -331,11 +331,11 @@ def test_23_peer_offering_only_cbc_ciphers_is_refused_clearly(
     quick(r, 20)
 
 
-def test_23_peer_without_strict_kex_connects_by_default_and_is_refused_when_required() -> None:
+def test_peer_without_strict_kex_connects_by_default_and_is_refused_when_required() -> None:
     hosts = [MockHost("old", strict_kex=False), MockHost("new")]
     with MockFleet(hosts) as fleet:
-        default = fleet.run("echo hi", timeout=5)
-        strict = fleet.run("echo hi", timeout=5, require_strict_kex=True)
+        default = fleet.run("echo hi", command_timeout=5)
+        strict = fleet.run("echo hi", command_timeout=5, require_strict_kex=True)
     assert default["old"].stdout == b"hi\n" and default["new"].ok  # allowed: policy
     assert strict["old"].status is Status.PROTOCOL_ERROR
     assert "strict key exchange" in (strict["old"].error or "")
@@ -346,7 +346,7 @@ def test_23_peer_without_strict_kex_connects_by_default_and_is_refused_when_requ
 # ---- Command / channel (rows 32-43) ----------------------------------------------------------
 
 
-def test_32_non_zero_exit_codes_are_recorded_exactly() -> None:
+def test_non_zero_exit_codes_are_recorded_exactly() -> None:
     result = mock_run([MockHost("exit3", default=Reply("out\n", "err\n", exit_code=3)),
                        MockHost("exit300", default=Reply(exit_code=300)),
                        MockHost("exit4e9", default=Reply(exit_code=4_000_000_000))])
@@ -358,20 +358,20 @@ def test_32_non_zero_exit_codes_are_recorded_exactly() -> None:
     assert result.exit_code == 1  # failed commands, yet every host was reached
 
 
-def test_33_no_exit_status_keeps_output_and_is_not_an_exit_code() -> None:
+def test_no_exit_status_keeps_output_and_is_not_an_exit_code() -> None:
     r = mock_run([MockHost("noexit", fault=Fault.no_exit_status(b"out so far\n"))])["noexit"]
     assert (r.status, r.exit_code, r.signal) == (Status.NO_EXIT_STATUS, None, None)
     assert r.stdout == b"out so far\n"
     assert r.duration < COMMAND + GRACE
 
 
-def test_34_killed_by_signal_names_the_signal_and_keeps_output() -> None:
+def test_killed_by_signal_names_the_signal_and_keeps_output() -> None:
     r = mock_run([MockHost("killed", fault=Fault.signal("TERM", b"before\n"))])["killed"]
     assert (r.status, r.exit_code, r.signal) == (Status.KILLED, None, "TERM")
     assert r.stdout == b"before\n"
 
 
-def test_35_hung_command_times_out_keeps_output_and_frees_its_slot() -> None:
+def test_hung_command_times_out_keeps_output_and_frees_its_slot() -> None:
     # parallel=1: the healthy host can only run once the hung host's slot is free again.
     started = time.monotonic()
     result = mock_run([MockHost("hang", fault=Fault.hang(b"started\n"))], parallel=1)
@@ -383,7 +383,7 @@ def test_35_hung_command_times_out_keeps_output_and_frees_its_slot() -> None:
     assert time.monotonic() - started < COMMAND + 2 * GRACE
 
 
-def test_36_endless_output_does_not_extend_the_command_deadline() -> None:
+def test_endless_output_does_not_extend_the_command_deadline() -> None:
     r = mock_run([MockHost("trickle", fault=Fault.trickle(None, interval=0.1))])["trickle"]
     assert r.status is Status.TIMEOUT
     lines = r.stdout.splitlines()
@@ -391,22 +391,22 @@ def test_36_endless_output_does_not_extend_the_command_deadline() -> None:
     within(r, COMMAND)
 
 
-def test_37_huge_stdout_is_cut_at_the_cap_without_deadlock() -> None:
-    r = mock_run([MockHost("flood", fault=Fault.flood(64))], max_output=MIB, timeout=30)["flood"]
+def test_huge_stdout_is_cut_at_the_cap_without_deadlock() -> None:
+    r = mock_run([MockHost("flood", fault=Fault.flood(64))], max_output=MIB, command_timeout=30)["flood"]
     assert r.status is Status.OK and r.exit_code == 0
     assert r.stdout == PATTERN * 16 and r.stdout_truncated  # the first MiB, exactly
     assert r.stderr == b"" and not r.stderr_truncated
 
 
-def test_38_stderr_flood_with_idle_stdout_completes() -> None:
+def test_stderr_flood_with_idle_stdout_completes() -> None:
     r = mock_run([MockHost("errflood", fault=Fault.flood(16, "stderr"))], max_output=MIB,
-                 timeout=30)["errflood"]
+                 command_timeout=30)["errflood"]
     assert r.status is Status.OK
     assert r.stderr == PATTERN * 16 and r.stderr_truncated
     assert r.stdout == b"" and not r.stdout_truncated
 
 
-def test_39_both_streams_flooding_on_many_real_hosts_complete_intact(sshd_fleet) -> None:
+def test_both_streams_flooding_on_many_real_hosts_complete_intact(sshd_fleet) -> None:
     # 1.5 MB on each stream: together more than the 2 MiB channel window, so the server
     # blocks unless both are drained. A lost wake-up between the two streams used to leave
     # about one host in ten stuck until the command deadline; 30 hosts x 2 runs catch it.
@@ -416,24 +416,24 @@ def test_39_both_streams_flooding_on_many_real_hosts_complete_intact(sshd_fleet)
                f"head -c {size} /dev/zero | tr '\\0' e >&2; wait")
     for _ in range(2):
         result = fleetexec.run(fleet.hosts, command, max_output=2 * MIB,
-                               **{**fleet.run_options(), "timeout": 20})
+                               **{**fleet.run_options(), "command_timeout": 20})
         assert result.counts() == {Status.OK: 30}, {(str(r.status), r.error)
                                                     for r in result.values()}
         for r in result.values():
             assert r.stdout == b"o" * size and r.stderr == b"e" * size
 
 
-def test_39_both_streams_flooding_complete_intact() -> None:
+def test_both_streams_flooding_complete_intact() -> None:
     r = mock_run([MockHost("both", fault=Fault.flood(8, "both"))], max_output=8 * MIB,
-                 timeout=30)["both"]
+                 command_timeout=30)["both"]
     assert r.status is Status.OK
     assert r.stdout == PATTERN * 128 and r.stderr == PATTERN * 128
     assert not r.truncated
 
 
-def test_40_one_enormous_line_is_capped_and_renders_as_a_short_cell() -> None:
+def test_one_enormous_line_is_capped_and_renders_as_a_short_cell() -> None:
     result = mock_run([MockHost("bigline", default=Reply(b"x" * (16 * MIB)))], max_output=MIB,
-                      timeout=30)
+                      command_timeout=30)
     r = result["bigline"]
     assert r.status is Status.OK
     assert r.stdout == b"x" * MIB and r.stdout_truncated
@@ -441,7 +441,7 @@ def test_40_one_enormous_line_is_capped_and_renders_as_a_short_cell() -> None:
     assert len(row) < 120 and row.endswith("[truncated]")
 
 
-def test_41_binary_output_is_kept_byte_for_byte() -> None:
+def test_binary_output_is_kept_byte_for_byte() -> None:
     r = mock_run([MockHost("binary", fault=Fault.binary())])["binary"]
     assert r.status is Status.OK
     assert r.stdout == BINARY_PAYLOAD and r.stderr == BINARY_PAYLOAD
@@ -449,7 +449,7 @@ def test_41_binary_output_is_kept_byte_for_byte() -> None:
 
 
 @pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
-def test_42_connection_cut_mid_output_is_connection_lost_with_partial_output(rst: bool) -> None:
+def test_connection_cut_mid_output_is_connection_lost_with_partial_output(rst: bool) -> None:
     r = mock_run([MockHost("cut", fault=Fault.drop(b"partial output\n", rst=rst))])["cut"]
     assert r.status is Status.CONNECTION_LOST and not r.ok
     assert r.error == "connection lost before the command finished (output is incomplete)"
@@ -458,7 +458,7 @@ def test_42_connection_cut_mid_output_is_connection_lost_with_partial_output(rst
     assert r.duration < COMMAND + GRACE
 
 
-def test_43_server_refusing_sessions_is_a_clear_per_host_error(
+def test_server_refusing_sessions_is_a_clear_per_host_error(
     healthy: Healthy, tmp_path: Path
 ) -> None:
     with OpenSSHServer(max_sessions=0) as server:

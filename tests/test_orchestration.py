@@ -65,15 +65,15 @@ def _children(pid: int) -> list[int]:
 
 
 def worker_pids() -> list[int]:
-    """The pool workers of this test process: children of *our* forkserver."""
+    """The worker processes of this test process: our children running fleetexec.backends."""
     workers = []
     for child in _children(os.getpid()):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"multiprocessing.forkserver" in cmdline:
-            workers += _children(child)
+        if b"fleetexec.backends" in cmdline.split(b"\0"):
+            workers.append(child)
     return workers
 
 
@@ -149,13 +149,13 @@ class Background:
 # ---- row 44: hung hosts and hung workers ---------------------------------------------------
 
 
-def test_44_one_hung_host_does_not_hold_up_the_good_ones(sshd: OpenSSHServer,
+def test_one_hung_host_does_not_hold_up_the_good_ones(sshd: OpenSSHServer,
                                                          tmp_path: Path) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 20, "127.0.12.1")
     command = ('case "$SSH_CONNECTION" in *" 127.0.12.3 "*) echo started; exec sleep 60;; esac; '
                "echo fine")
     began = time.monotonic()
-    result = fleetexec.run(hosts, command, connect_timeout=10, timeout=1.5, **options)
+    result = fleetexec.run(hosts, command, connect_timeout=10, command_timeout=1.5, **options)
     wall = time.monotonic() - began
     hung = result["h3"]
     assert hung.status is Status.TIMEOUT and hung.stdout == b"started\n"
@@ -165,7 +165,7 @@ def test_44_one_hung_host_does_not_hold_up_the_good_ones(sshd: OpenSSHServer,
     assert wall < 10 + 1.5 + GRACE  # the run ends by the deadline, not by `sleep 60`
 
 
-def test_44_a_worker_that_stops_answering_is_given_up_at_deadline_plus_grace(
+def test_a_worker_that_stops_answering_is_given_up_at_deadline_plus_grace(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     # SIGSTOP freezes one worker with its sessions in flight: no session deadline can
@@ -179,7 +179,7 @@ def test_44_a_worker_that_stops_answering_is_given_up_at_deadline_plus_grace(
         if r.status is Status.TIMEOUT and frozen:
             os.kill(frozen.pop(), signal.SIGCONT)
 
-    run = Background(hosts, "sleep 1; echo fine", processes=2, connect_timeout=1, timeout=2,
+    run = Background(hosts, "sleep 1; echo fine", processes=2, connect_timeout=1, command_timeout=2,
                      on_result=thaw, **options)
     try:
         busy = wait_for_busy_workers(sshd.port, want=2)
@@ -205,11 +205,11 @@ def test_44_a_worker_that_stops_answering_is_given_up_at_deadline_plus_grace(
 # ---- row 45: exceptions that do not pickle --------------------------------------------------
 
 
-def test_45_bad_host_key_exceptions_become_plain_results_in_every_worker() -> None:
+def test_bad_host_key_exceptions_become_plain_results_in_every_worker() -> None:
     specs = [MockHost(f"changed{i}", fault=Fault.fresh_host_key()) for i in range(6)]
     specs += [MockHost(f"good{i}") for i in range(6)]
     with MockFleet(specs, connect_timeout=20) as fleet:
-        result = fleet.run("echo alive", processes=2, timeout=20)
+        result = fleet.run("echo alive", processes=2, command_timeout=20)
     for i in range(6):
         changed, good = result[f"changed{i}"], result[f"good{i}"]
         assert changed.status is Status.HOSTKEY_CHANGED
@@ -220,10 +220,10 @@ def test_45_bad_host_key_exceptions_become_plain_results_in_every_worker() -> No
 # ---- row 46: a worker dies mid-run ----------------------------------------------------------
 
 
-def test_46_a_worker_killed_mid_run_fails_only_its_hosts(sshd: OpenSSHServer,
+def test_a_worker_killed_mid_run_fails_only_its_hosts(sshd: OpenSSHServer,
                                                          tmp_path: Path) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 8, "127.0.12.201")
-    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, timeout=20,
+    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, command_timeout=20,
                      **options)
     busy = wait_for_busy_workers(sshd.port, want=2)
     victim = sorted(busy)[0]
@@ -243,17 +243,17 @@ def test_46_a_worker_killed_mid_run_fails_only_its_hosts(sshd: OpenSSHServer,
     survivors = [r for name, r in result.items() if name not in lost and r.ok]
     assert survivors and all(r.stdout == b"fine\n" for r in survivors)
     # The pool replaced the dead worker: the next run is whole again.
-    again = fleetexec.run(hosts, "echo fine", processes=2, connect_timeout=10, timeout=20,
+    again = fleetexec.run(hosts, "echo fine", processes=2, connect_timeout=10, command_timeout=20,
                           **options)
     assert again.ok
 
 
-def test_46_a_host_lost_with_its_worker_still_says_when_it_started_and_how_long_it_ran(
+def test_a_host_lost_with_its_worker_still_says_when_it_started_and_how_long_it_ran(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 4, "127.0.12.211")
     began = time.time()
-    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, timeout=20,
+    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, command_timeout=20,
                      **options)
     busy = wait_for_busy_workers(sshd.port, want=2)
     time.sleep(0.3)
@@ -268,34 +268,33 @@ def test_46_a_host_lost_with_its_worker_still_says_when_it_started_and_how_long_
         assert r.duration >= 0.3
 
 
-def test_46_workers_that_die_while_starting_end_the_run_with_a_clear_error(
-    tmp_path: Path
-) -> None:
-    script = tmp_path / "unguarded.py"
-    script.write_text(
+@pytest.mark.parametrize("how", ["script", "python -c", "stdin"])
+def test_an_unguarded_script_runs_without_a_main_guard(sshd: OpenSSHServer, tmp_path: Path,
+                                                       how: str) -> None:
+    # No `if __name__ == "__main__":`: workers never re-import the caller's main module.
+    addresses = [f"127.0.12.{i}" for i in range(100, 120)]
+    known_hosts = tmp_path / "known_hosts"
+    sshd.write_known_hosts(str(known_hosts), addresses)
+    code = (
         "import fleetexec\n"
-        "fleetexec.run([fleetexec.Host('h1', address='127.0.12.250', port=9)], 'true',\n"
-        "              system_known_hosts=False, connect_timeout=1)\n")
-    log = tmp_path / "stderr.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
-                                   stderr=stderr, cwd=tmp_path, start_new_session=True)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the script, its forkserver, its workers
-            process.wait(10)
-            pytest.fail("fleetexec.run() did not return within 10 s")
-    assert process.returncode != 0
-    last = log.read_text(errors="replace").rstrip().splitlines()[-1]
-    assert last.startswith("fleetexec.exceptions.ConfigError: worker processes die while starting")
-    assert "if __name__ == '__main__':" in last
+        f"hosts = [fleetexec.Host(f'h{{i}}', address=a, port={sshd.port}, user={sshd.user!r},\n"
+        f"         key_files=({str(sshd.client_key_path)!r},)) for i, a in enumerate({addresses!r})]\n"
+        f"result = fleetexec.run(hosts, 'echo ran', known_hosts=[{str(known_hosts)!r}],\n"
+        "                       system_known_hosts=False)\n"
+        "print(sum(r.stdout == b'ran\\n' for r in result.values()), result.exit_code)\n")
+    script = tmp_path / "unguarded.py"
+    script.write_text(code)
+    argv = {"script": [sys.executable, str(script)], "python -c": [sys.executable, "-c", code],
+            "stdin": [sys.executable, "-"]}[how]
+    done = subprocess.run(argv, input=code if how == "stdin" else None, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+    assert done.stdout.split() == ["20", "0"], done.stderr
 
 
 # ---- rows 37/44: many large results arriving at once ---------------------------------------
 
 
-def test_44_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer,
+def test_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer,
                                                             tmp_path: Path) -> None:
     # Each worker's last results are megabytes still in the queue when its threads are
     # done; none of them may be reported lost.
@@ -303,7 +302,7 @@ def test_44_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer
     size = 8_000_000
     for _ in range(2):
         result = fleetexec.run(hosts, f"sleep 1; head -c {size} /dev/zero", max_output=size,
-                               connect_timeout=10, timeout=20, **options)
+                               connect_timeout=10, command_timeout=20, **options)
         assert result.counts() == {Status.OK: 40}, {r.error for r in result.values()}
         assert all(len(r.stdout) == size and not r.truncated for r in result.values())
         del result
@@ -313,7 +312,7 @@ def test_44_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer
 
 
 @pytest.mark.timeout(300)
-def test_48_a_thousand_hosts_under_an_open_files_limit_of_256(sshd: OpenSSHServer,
+def test_a_thousand_hosts_under_an_open_files_limit_of_256(sshd: OpenSSHServer,
                                                               tmp_path: Path) -> None:
     chosen = addresses(1000, base="127.0.8.1")
     assert chosen[-1].startswith("127.0.11.")  # clear of the other tests' 127.0.1-7.x
@@ -337,15 +336,17 @@ def test_48_a_thousand_hosts_under_an_open_files_limit_of_256(sshd: OpenSSHServe
     assert done.returncode == 0
 
 
-def test_06_48_sessions_in_flight_are_capped_by_the_open_files_limit_not_the_host_count(
+def test_sessions_in_flight_are_capped_by_the_open_files_limit_not_the_host_count(
 ) -> None:
     script = textwrap.dedent("""
         import json, resource
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-        from fleetexec.executor import plan
+        from fleetexec import Options
+        from fleetexec.backends import plan
         print(json.dumps([[p.processes, p.threads_per_process] for p in
-                          (plan(10_000), plan(10_000, parallel=50), plan(3))]))
+                          (plan(10_000, Options()), plan(10_000, Options(parallel=50)),
+                           plan(3, Options()))]))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
@@ -358,7 +359,7 @@ def test_06_48_sessions_in_flight_are_capped_by_the_open_files_limit_not_the_hos
 # ---- row 49: paramiko never crosses a fork --------------------------------------------------
 
 
-def test_49_the_parent_never_imports_paramiko(
+def test_the_parent_never_imports_paramiko(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 2, "127.0.12.31")
@@ -375,5 +376,3 @@ def test_49_the_parent_never_imports_paramiko(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert json.loads(done.stdout) == {"ok": True, "paramiko": False}, done.stderr
-    # (That the workers are children of a forkserver, not forks of this process,
-    # is what `worker_pids` relies on in the row 44 and 46 tests above.)

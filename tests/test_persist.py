@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,10 +61,21 @@ def test_persistent_results_and_statuses_match_a_fresh_run(sshd, tmp_path, runti
     assert essentials(fresh) == essentials(kept)
 
 
-def test_an_unsafe_agent_directory_is_refused(sshd, tmp_path, runtime_dir):
+def test_directories_another_user_could_control_are_skipped_for_a_private_one(
+        sshd, tmp_path, runtime_dir, monkeypatch):
+    # Another local user pre-creates the usual places: --persist still works, elsewhere.
     (runtime_dir / "fleetexec").mkdir()
     os.chmod(runtime_dir / "fleetexec", 0o770)  # noqa: S103 - the unsafe mode under test
+    shared_tmp = tmp_path / "tmp"
+    shared_tmp.mkdir()
+    (shared_tmp / f"fleetexec-{os.getuid()}").mkdir()
+    os.chown(shared_tmp / f"fleetexec-{os.getuid()}", 65534, 65534)  # owned by nobody
+    monkeypatch.setenv("TMPDIR", str(shared_tmp))
     inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.21"])
     done = cli("run", "-i", str(inventory), "--no-system-known-hosts", "--persist", "--", "true")
-    assert done.returncode == 2
-    assert "mode 0700" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    fallback = Path(os.environ["HOME"]) / ".fleetexec" / "run"
+    assert f"the agent uses {fallback}" in done.stderr and "Traceback" not in done.stderr
+    assert (fallback / "agent.sock").exists()
+    assert stat.S_IMODE(os.stat(fallback).st_mode) == 0o700
+    assert not list((runtime_dir / "fleetexec").iterdir())

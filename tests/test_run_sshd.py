@@ -101,7 +101,7 @@ def test_changed_host_key_is_refused(sshd_fleet, tmp_path: Path):
 
 def test_command_timeout_keeps_partial_output(sshd_fleet):
     fleet = sshd_fleet(1)
-    options = {**fleet.run_options(), "timeout": 1.0}
+    options = {**fleet.run_options(), "command_timeout": 1.0}
     r = fleetexec.run(fleet.hosts, "echo started; sleep 30", **options)["h1"]
     assert r.status is Status.TIMEOUT
     assert r.stdout == b"started\n"

@@ -85,7 +85,7 @@ def known_line(sshd: OpenSSHServer, address: str) -> str:
     return f"[{address}]:{sshd.port} {sshd.host_public_key}\n"
 
 
-STRICT = {"system_known_hosts": False, "connect_timeout": 20, "timeout": 20}
+STRICT = {"system_known_hosts": False, "connect_timeout": 20, "command_timeout": 20}
 
 
 # ---- rows 1-7: a bad inventory stops the CLI before any host is contacted --------------------
@@ -104,7 +104,7 @@ BAD_INVENTORIES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
-def test_01_to_07_a_bad_inventory_stops_the_cli_before_any_connection(
+def test_a_bad_inventory_stops_the_cli_before_any_connection(
     tmp_path: Path, case: str
 ) -> None:
     marker = tmp_path / "pwned"
@@ -126,7 +126,7 @@ def test_01_to_07_a_bad_inventory_stops_the_cli_before_any_connection(
     assert not marker.exists()
 
 
-def test_03_the_same_host_twice_in_one_run_is_refused_before_connecting() -> None:
+def test_the_same_host_twice_in_one_run_is_refused_before_connecting() -> None:
     with FaultServer("tarpit", "127.7.0.3") as tarpit:
         twice = [Host("web1", address=tarpit.address, port=tarpit.port)] * 2
         with pytest.raises(ConfigError, match="twice"):
@@ -136,12 +136,12 @@ def test_03_the_same_host_twice_in_one_run_is_refused_before_connecting() -> Non
 
 @pytest.mark.parametrize("target", ["-oProxyCommand=touch /tmp/x", "web1;id", "$(id)", "a\nb",
                                     "web1\u202e", "-l root@web1"])
-def test_04_hostile_targets_are_refused_by_the_api_before_connecting(target: str) -> None:
+def test_hostile_targets_are_refused_by_the_api_before_connecting(target: str) -> None:
     with pytest.raises(FleetError):
         fleetexec.run([target], "true", system_known_hosts=False, connect_timeout=2)
 
 
-def test_05_a_private_key_others_can_read_is_refused_before_connecting(tmp_path: Path) -> None:
+def test_a_private_key_others_can_read_is_refused_before_connecting(tmp_path: Path) -> None:
     key = write_key(tmp_path / "id_ed25519")
     key.chmod(0o644)
     with FaultServer("tarpit", "127.7.0.5") as tarpit:
@@ -151,7 +151,7 @@ def test_05_a_private_key_others_can_read_is_refused_before_connecting(tmp_path:
         assert tarpit.accepted == 0
 
 
-def test_05_a_password_never_shows_in_results_renderings_or_reprs(
+def test_a_password_never_shows_in_results_renderings_or_reprs(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     stranger = write_key(tmp_path / "stranger")  # sshd refuses it; then the password is tried
@@ -169,7 +169,7 @@ def test_05_a_password_never_shows_in_results_renderings_or_reprs(
 
 
 @pytest.mark.parametrize("output_format", ["table", "gathered", "json", "jsonl"])
-def test_05_a_password_from_the_environment_never_shows_in_cli_output(
+def test_a_password_from_the_environment_never_shows_in_cli_output(
     sshd: OpenSSHServer, tmp_path: Path, output_format: str
 ) -> None:
     stranger = write_key(tmp_path / "stranger")
@@ -182,7 +182,7 @@ def test_05_a_password_from_the_environment_never_shows_in_cli_output(
     assert SECRET.encode() not in done.stdout + done.stderr
 
 
-def test_06_a_selection_that_matches_no_host_is_a_usage_error(
+def test_a_selection_that_matches_no_host_is_a_usage_error(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.7.6"], names=["web1"])
@@ -196,7 +196,7 @@ def test_06_a_selection_that_matches_no_host_is_a_usage_error(
 # ---- row 24: unknown host keys --------------------------------------------------------------
 
 
-def test_24_unknown_host_is_refused_with_its_fingerprint_and_nothing_runs_or_is_recorded(
+def test_unknown_host_is_refused_with_its_fingerprint_and_nothing_runs_or_is_recorded(
     sshd: OpenSSHServer, tmp_path: Path, isolated_home: Path
 ) -> None:
     marker = tmp_path / "ran"
@@ -215,7 +215,7 @@ def test_24_unknown_host_is_refused_with_its_fingerprint_and_nothing_runs_or_is_
 
 
 @pytest.mark.timeout(120)
-def test_24_accept_new_on_200_hosts_at_once_records_each_exactly_once(
+def test_accept_new_on_200_hosts_at_once_records_each_exactly_once(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     addresses = [f"127.0.6.{i}" for i in range(1, 201)]
@@ -261,7 +261,7 @@ class RecordingHandler(_Handler):
 @pytest.mark.parametrize("fault", [Fault.fresh_host_key(), Fault.changed_key_type()],
                          ids=["25-changed-key", "26-changed-key-type"])
 @pytest.mark.parametrize("policy", ["strict", "accept-new"])
-def test_25_26_changed_host_key_is_refused_before_any_credential_or_command(
+def test_changed_host_key_is_refused_before_any_credential_or_command(
     fault: Fault, policy: str
 ) -> None:
     ran: list[str] = []
@@ -276,7 +276,7 @@ def test_25_26_changed_host_key_is_refused_before_any_credential_or_command(
         for server in fleet:
             server.handler_cls = RecordingHandler
         before = fleet.known_hosts_path.read_text()
-        result = fleet.run("deploy", password=SECRET, host_key_policy=policy, timeout=20)
+        result = fleet.run("deploy", password=SECRET, host_key_policy=policy, command_timeout=20)
         after = fleet.known_hosts_path.read_text()
         offered, served = fleet["changed"].known_key, fleet["changed"].host_key
     r = result["changed"]
@@ -305,7 +305,7 @@ def other_public_line() -> str:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
-def test_27_hashed_and_bracketed_entries_are_honoured(sshd: OpenSSHServer,
+def test_hashed_and_bracketed_entries_are_honoured(sshd: OpenSSHServer,
                                                       tmp_path: Path) -> None:
     key = sshd.host_public_key
     known = tmp_path / "known_hosts"
@@ -323,7 +323,7 @@ def test_27_hashed_and_bracketed_entries_are_honoured(sshd: OpenSSHServer,
 
 
 @pytest.mark.parametrize("policy", ["strict", "accept-new"])
-def test_27_a_revoked_key_is_refused_even_where_it_is_also_trusted(
+def test_a_revoked_key_is_refused_even_where_it_is_also_trusted(
     sshd: OpenSSHServer, tmp_path: Path, policy: str
 ) -> None:
     known = tmp_path / "known_hosts"
@@ -344,7 +344,7 @@ def test_27_a_revoked_key_is_refused_even_where_it_is_also_trusted(
     assert elsewhere["h1"].status is Status.HOSTKEY_CHANGED
 
 
-def test_27_a_cert_authority_line_alone_does_not_make_a_host_trusted(
+def test_a_cert_authority_line_alone_does_not_make_a_host_trusted(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     known = tmp_path / "known_hosts"
@@ -354,7 +354,7 @@ def test_27_a_cert_authority_line_alone_does_not_make_a_host_trusted(
     assert result["ca-only"].status is Status.HOSTKEY_UNKNOWN
 
 
-def test_28_damaged_lines_do_not_discard_the_rest_of_known_hosts(
+def test_damaged_lines_do_not_discard_the_rest_of_known_hosts(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     known = tmp_path / "known_hosts"
@@ -373,7 +373,7 @@ def test_28_damaged_lines_do_not_discard_the_rest_of_known_hosts(
     assert (result["web1"].status, result["web1"].stdout) == (Status.OK, b"fine\n")
 
 
-def test_28_an_unwritable_known_hosts_is_a_clear_error_for_new_hosts_only(
+def test_an_unwritable_known_hosts_is_a_clear_error_for_new_hosts_only(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "not-a-directory"
@@ -393,7 +393,7 @@ def test_28_an_unwritable_known_hosts_is_a_clear_error_for_new_hosts_only(
 # ---- rows 29-31: credentials -----------------------------------------------------------------
 
 
-def test_29_only_configured_keys_are_offered_not_home_keys_or_the_agent(
+def test_only_configured_keys_are_offered_not_home_keys_or_the_agent(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     # HOME's id_ed25519 and the agent both hold the key sshd accepts; with --key
@@ -427,7 +427,7 @@ def test_29_only_configured_keys_are_offered_not_home_keys_or_the_agent(
     assert (ok["status"], ok["stdout"]) == ("ok", "fine\n")
 
 
-def test_30_a_stalled_auth_answer_times_out_once_per_host_not_once_per_key(
+def test_a_stalled_auth_answer_times_out_once_per_host_not_once_per_key(
     tmp_path: Path
 ) -> None:
     second_key = write_key(tmp_path / "second")
@@ -436,7 +436,7 @@ def test_30_a_stalled_auth_answer_times_out_once_per_host_not_once_per_key(
         hosts = load_inventory(fleet.inventory_path).select()
         hosts = [replace(h, key_files=(*h.key_files, str(second_key))) if h.name == "slow"
                  else replace(h, connect_timeout=20) for h in hosts]
-        result = fleetexec.run(hosts, "echo alive", system_known_hosts=False, timeout=20)
+        result = fleetexec.run(hosts, "echo alive", system_known_hosts=False, command_timeout=20)
     r = result["slow"]
     assert r.status is Status.TIMEOUT
     assert r.error == "connect did not complete within 1.5s"
@@ -444,7 +444,7 @@ def test_30_a_stalled_auth_answer_times_out_once_per_host_not_once_per_key(
     assert (result["healthy"].status, result["healthy"].stdout) == (Status.OK, b"alive\n")
 
 
-def test_31_an_encrypted_key_without_its_passphrase_fails_before_any_connection(
+def test_an_encrypted_key_without_its_passphrase_fails_before_any_connection(
     tmp_path: Path
 ) -> None:
     key = write_key(tmp_path / "encrypted", password=b"sesame")
@@ -456,7 +456,7 @@ def test_31_an_encrypted_key_without_its_passphrase_fails_before_any_connection(
     assert str(key) in str(missing.value)
 
 
-def test_31_a_wrong_passphrase_fails_before_any_connection_without_showing_it(
+def test_a_wrong_passphrase_fails_before_any_connection_without_showing_it(
     tmp_path: Path
 ) -> None:
     key = write_key(tmp_path / "encrypted", password=b"sesame")
@@ -469,7 +469,7 @@ def test_31_a_wrong_passphrase_fails_before_any_connection_without_showing_it(
     assert "not-it-SECRET" not in str(wrong.value)
 
 
-def test_31_an_encrypted_key_with_its_passphrase_logs_in(sshd: OpenSSHServer,
+def test_an_encrypted_key_with_its_passphrase_logs_in(sshd: OpenSSHServer,
                                                           tmp_path: Path) -> None:
     passphrase = "sesame-SECRET-phrase"
     key = write_key(tmp_path / "encrypted", sshd_key(sshd), password=passphrase.encode())
@@ -481,7 +481,7 @@ def test_31_an_encrypted_key_with_its_passphrase_logs_in(sshd: OpenSSHServer,
         result["web1"].error)
 
 
-def test_31_the_cli_never_prompts_for_a_missing_passphrase(
+def test_the_cli_never_prompts_for_a_missing_passphrase(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
     key = write_key(tmp_path / "encrypted", sshd_key(sshd), password=b"sesame")
@@ -503,7 +503,7 @@ def binary_fleet():
 
 
 @pytest.mark.parametrize("output_format", ["table", "gathered"])
-def test_50_escapes_in_remote_output_never_reach_the_terminal(binary_fleet: MockFleet,
+def test_escapes_in_remote_output_never_reach_the_terminal(binary_fleet: MockFleet,
                                                               output_format: str) -> None:
     done = cli("run", "-i", str(binary_fleet.inventory_path), "--no-system-known-hosts",
                "--progress", "-o", output_format, "--", "echo alive")
@@ -514,7 +514,7 @@ def test_50_escapes_in_remote_output_never_reach_the_terminal(binary_fleet: Mock
 
 
 @pytest.mark.parametrize("output_format", ["table", "gathered"])
-def test_50_escapes_in_error_texts_and_banners_never_reach_the_terminal(
+def test_escapes_in_error_texts_and_banners_never_reach_the_terminal(
     sshd: OpenSSHServer, tmp_path: Path, output_format: str
 ) -> None:
     with FaultServer("lines", "127.7.0.50") as server:  # junk lines carrying an OSC title
@@ -530,7 +530,7 @@ def test_50_escapes_in_error_texts_and_banners_never_reach_the_terminal(
     assert b"Traceback" not in done.stderr
 
 
-def test_50_the_error_text_is_one_line_and_renders_without_escapes() -> None:
+def test_the_error_text_is_one_line_and_renders_without_escapes() -> None:
     with FaultServer("lines", "127.7.0.50") as server:
         result = fleetexec.run([Host("junk", address=server.address, port=server.port)], "true",
                                system_known_hosts=False, connect_timeout=5)
@@ -543,7 +543,7 @@ def test_50_the_error_text_is_one_line_and_renders_without_escapes() -> None:
 
 
 @pytest.mark.parametrize("output_format", ["json", "jsonl"])
-def test_51_json_output_is_valid_ascii_and_lossless_for_binary_output(
+def test_json_output_is_valid_ascii_and_lossless_for_binary_output(
     binary_fleet: MockFleet, output_format: str
 ) -> None:
     done = cli("run", "-i", str(binary_fleet.inventory_path), "--no-system-known-hosts",

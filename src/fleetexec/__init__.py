@@ -2,7 +2,7 @@
 
 >>> import fleetexec
 >>> inventory = fleetexec.load_inventory("inventory.yaml")
->>> result = fleetexec.run(inventory.select("web"), "df -h /")
+>>> result = fleetexec.run(inventory.select("web"), "df -h /", command_timeout=30)
 >>> for host, r in result.items():
 ...     print(host, r.status, r.exit_code, r.stdout_text)
 >>> result.raise_on_failure()
@@ -18,10 +18,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import FleetSession, HostKeyPolicy, run
+    from .api import FleetSession, run, run_one
     from .exceptions import ConfigError, FleetError, FleetFailure, InventoryError
     from .host import Host
     from .inventory import Inventory, load_inventory
+    from .options import HostKeyPolicy, Options, Secret
     from .results import FleetResult, HostResult, Status
 
 __all__ = [
@@ -35,17 +36,21 @@ __all__ = [
     "HostResult",
     "Inventory",
     "InventoryError",
+    "Options",
+    "Secret",
     "Status",
     "load_inventory",
     "run",
+    "run_one",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Names are imported on first use, so `fleetexec --help` and `fleetexec hosts`
 # do not pay for the executor or the YAML loader they never touch.
 _HOME = {
-    "FleetSession": "api", "HostKeyPolicy": "api", "run": "api",
+    "FleetSession": "api", "run": "api", "run_one": "api",
+    "HostKeyPolicy": "options", "Options": "options", "Secret": "options",
     "ConfigError": "exceptions", "FleetError": "exceptions", "FleetFailure": "exceptions",
     "InventoryError": "exceptions", "Host": "host", "Inventory": "inventory",
     "load_inventory": "inventory", "FleetResult": "results", "HostResult": "results",

@@ -2,14 +2,17 @@
 
 A per-user background process keeps each host's authenticated connection
 open between CLI calls, so the next `fleetexec run --persist` skips the
-handshakes. It listens on a Unix socket in a private directory (0700 and
-owned by the user, socket 0600, peers checked with SO_PEERCRED), speaks
-newline-delimited JSON (never pickle), and exits after `idle` seconds without
-a request. Whoever can open that socket can run commands on your hosts
-without authenticating, which is why the directory is checked on every use.
+handshakes. `AgentBackend` is the client side (a `Backend`); the agent runs
+one `FleetSession` engine per distinct set of options. It listens on a Unix
+socket in a private directory (0700 and owned by the user, socket 0600, peers
+checked with SO_PEERCRED), speaks newline-delimited JSON (never pickle), and
+exits after `idle` seconds without a request. Whoever can open that socket can
+run commands on your hosts without authenticating, which is why the directory
+is checked on every use.
 
-Results, statuses and host key checks are those of `FleetSession`: a
-connection is verified when it is made, and a dead one is replaced.
+Secrets travel only in a request's `secrets` field over that socket; the
+agent's environment never holds them, and its engines are keyed by an HMAC
+of the options, never by a password.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -28,38 +32,60 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .backends import Job
 from .exceptions import ConfigError, FleetError
 from .host import Host
-from .results import Collector, FleetResult, HostResult, OnResult, Status
-from .ssh.options import expand
+from .options import Options
+from .results import HostResult, Status
 
-__all__ = ["run_via_agent", "socket_path", "stop_agent"]
+__all__ = ["AgentBackend", "choose_socket_path", "socket_path", "stop_agent"]
 
 _MAX_REQUEST = 64 * 1024 * 1024
+_REQUEST_WAIT = 10.0  # a client that does not finish its request by then is dropped
+_MAX_CLIENTS = 32
 _SPAWN_WAIT = 10.0
+_SECRET_VARIABLES = ("FLEETEXEC_PASSWORD", "FLEETEXEC_PASSPHRASE")
 
 
 def socket_path() -> Path:
-    """Where this user's agent listens (`$XDG_RUNTIME_DIR/fleetexec` or `/tmp/fleetexec-UID`)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "fleetexec" / "agent.sock"
-    return Path(tempfile.gettempdir()) / f"fleetexec-{os.getuid()}" / "agent.sock"
+    """Where this user's agent listens (see `choose_socket_path`)."""
+    return choose_socket_path()[0]
 
 
-def _private_directory(path: Path) -> None:
-    directory = path.parent
+def choose_socket_path() -> tuple[Path, list[str]]:
+    """The first usable private directory of `$XDG_RUNTIME_DIR/fleetexec`,
+    `$TMPDIR/fleetexec-UID` and `~/.fleetexec/run`, and why earlier ones were skipped.
+
+    A directory someone else made (to block or spy on the agent) is skipped,
+    so another local user cannot disable `--persist` by creating it first.
+    """
+    candidates = [Path(tempfile.gettempdir()) / f"fleetexec-{os.getuid()}",
+                  Path.home() / ".fleetexec" / "run"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.insert(0, Path(os.environ["XDG_RUNTIME_DIR"]) / "fleetexec")
+    skipped: list[str] = []
+    for directory in candidates:
+        try:
+            _private_directory(directory)
+        except (OSError, ConfigError) as error:
+            skipped.append(str(error))
+            continue
+        return directory / "agent.sock", skipped
+    raise ConfigError("no private directory for the agent socket: " + "; ".join(skipped))
+
+
+def _private_directory(directory: Path) -> None:
     with contextlib.suppress(FileExistsError):
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700)
     info = os.lstat(directory)
     if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
             or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)):
-        raise ConfigError(f"{directory} must be a directory owned by you with mode 0700; "
-                          "refusing to use its agent socket")
+        raise ConfigError(f"{directory} is not a directory owned by you with mode 0700")
 
 
 # ---- the wire format ---------------------------------------------------------------
@@ -80,9 +106,21 @@ def _decode_result(fields: dict[str, Any]) -> HostResult:
     return HostResult(**fields)
 
 
-def _decode_host(fields: dict[str, Any]) -> Host:
-    return Host(**dict(fields, key_files=tuple(fields["key_files"]),
-                       groups=tuple(fields["groups"])))
+def _encode_host(host: Host) -> dict[str, Any]:
+    fields = dataclasses.asdict(host)
+    fields["explicit"] = sorted(host.explicit)
+    return fields
+
+
+def _decode_host(fields: object) -> Host:
+    if not isinstance(fields, dict):
+        raise ConfigError("a host must be a JSON object")
+    try:
+        return Host(**dict(fields, key_files=tuple(fields.get("key_files", ())),
+                           groups=tuple(fields.get("groups", ())),
+                           explicit=frozenset(fields.get("explicit", ()))))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"bad host: {error}") from None
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -92,46 +130,63 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
 # ---- the client (the CLI process) ------------------------------------------------------
 
 
-def run_via_agent(
-    hosts: Sequence[Host], command: str, *, idle: float, on_result: OnResult | None = None,
-    **options: Any,
-) -> FleetResult:
-    """Like `fleetexec.run`, through this user's agent (started on first use).
+class AgentBackend:
+    """Runs jobs in this user's agent (started on first use), on its kept connections."""
 
-    `options` are `fleetexec.run` keyword arguments (JSON-serialisable ones).
-    """
-    if options.get("use_agent"):
-        raise ConfigError("--use-agent cannot be combined with --persist")
-    begin = time.monotonic()
-    collector = Collector([h.name for h in hosts], on_result)
-    # Paths are relative to this process, not to the agent's directory.
-    hosts = [dataclasses.replace(h, key_files=tuple(expand(p) for p in h.key_files),
-                                 known_hosts_file=h.known_hosts_file and expand(h.known_hosts_file))
-             for h in hosts]
-    options["known_hosts"] = [expand(p) for p in options.get("known_hosts", ())]
-    conn = _connect_or_spawn(idle)
-    interrupted = False
-    try:
-        request = {"type": "run", "command": command, "options": options,
-                   "hosts": [dataclasses.asdict(h) for h in hosts]}
-        _send(conn, request)
-        for line in conn.makefile("rb"):
-            message = json.loads(line)
-            if message["type"] == "result":
-                collector.add(_decode_result(message["result"]))
-            elif message["type"] == "error":
-                raise ConfigError(message["message"])
-            elif message["type"] == "end":
-                interrupted = message["interrupted"]
-                break
-    except KeyboardInterrupt:
-        interrupted = True  # closing the socket makes the agent interrupt the run
-    finally:
-        conn.close()
-    for name in collector.pending:
-        collector.add(HostResult(name, Status.INTERRUPTED if interrupted else Status.ERROR,
-                                 error="interrupted" if interrupted else "the agent went away"))
-    return collector.result(round(time.monotonic() - begin, 6), interrupted)
+    def __init__(self, idle: float = 600.0) -> None:
+        self.idle = idle
+        self._conn: socket.socket | None = None
+        self.notes: list[str] = []  # directories skipped for the socket, for the user
+
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+        """Send the job to the agent; yield each result as the agent forwards it."""
+        if job.options.use_agent:
+            raise ConfigError("--use-agent cannot be combined with --persist")
+        path, skipped = choose_socket_path()
+        self.notes = [f"{reason}; the agent uses {path.parent} instead" for reason in skipped]
+        conn = self._conn = _connect_or_spawn(path, self.idle)
+        _send(conn, {"type": "run", "command": job.command, "options": job.options.to_json(),
+                     "secrets": job.options.secrets(),
+                     "hosts": [_encode_host(h) for h in hosts]})
+        return self._results(conn, [h.name for h in hosts])
+
+    def _results(self, conn: socket.socket, names: list[str]) -> Iterator[HostResult]:
+        pending = set(names)
+        try:
+            for line in conn.makefile("rb"):
+                message = json.loads(line)
+                if message["type"] == "result":
+                    result = _decode_result(message["result"])
+                    pending.discard(result.host)
+                    yield result
+                elif message["type"] == "error":
+                    raise ConfigError(message["message"])
+                elif message["type"] == "end":
+                    return
+        except OSError:
+            if self._conn is None:  # cancelled: our own close ended the read
+                return
+        finally:
+            self._close()
+        for name in names:
+            if name in pending:
+                yield HostResult(name, Status.ERROR, error="the fleetexec agent went away "
+                                 "mid-run; the command may or may not have run")
+
+    def cancel(self) -> None:
+        """Hang up: the agent stops this run (and only this run)."""
+        self._close()
+
+    def close(self) -> None:
+        """Nothing to release here: the agent keeps the connections."""
+        self._close()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 def stop_agent() -> bool:
@@ -147,7 +202,7 @@ def stop_agent() -> bool:
 
 
 def _connect(path: Path) -> socket.socket:
-    _private_directory(path)
+    _private_directory(path.parent)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
@@ -157,17 +212,21 @@ def _connect(path: Path) -> socket.socket:
     return conn
 
 
-def _connect_or_spawn(idle: float) -> socket.socket:
-    path = socket_path()
+def _connect_or_spawn(path: Path, idle: float) -> socket.socket:
     try:
         return _connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
         pass
+    # No secret in the agent's environment: it outlives this run.
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
     log = open(path.parent / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     with log:
         subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-            [sys.executable, "-m", "fleetexec.agent", "--socket", str(path), "--idle", str(idle)],
+            [sys.executable, *safe_path, "-m", "fleetexec.agent", "--socket", str(path),
+             "--idle", str(idle)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd="/", env=env,
         )
     deadline = time.monotonic() + _SPAWN_WAIT
     while True:
@@ -184,12 +243,16 @@ def _connect_or_spawn(idle: float) -> socket.socket:
 
 
 class _Agent:
-    """Serves run requests on kept connections; one worker pool per distinct set of options."""
+    """Serves run requests; one engine (backend with kept connections) per set of options."""
 
     def __init__(self, path: Path, idle: float) -> None:
+        from .backends.process import ProcessBackend
+
         self.path, self.idle = path, idle
-        self.pools: dict[str, Any] = {}  # options key -> (WorkerPool, its lock)
+        self.engines: dict[str, tuple[ProcessBackend, threading.Lock]] = {}
+        self.key = secrets.token_bytes(32)  # engines are keyed by an HMAC, not by secrets
         self.lock = threading.Lock()
+        self.clients = threading.BoundedSemaphore(_MAX_CLIENTS)
         self.active = 0
         self.last_used = time.monotonic()
         self.stopping = threading.Event()
@@ -208,12 +271,17 @@ class _Agent:
                         if not self.active and idle_for > self.idle:
                             break
                     continue
+                if not self.clients.acquire(blocking=False):
+                    with conn, contextlib.suppress(OSError):
+                        _send(conn, {"type": "error", "message": "the agent is busy "
+                                     f"({_MAX_CLIENTS} clients); try again"})
+                    continue
                 threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
         finally:
             self._withdraw()
             listener.close()
-            for pool, _ in self.pools.values():
-                pool.close(graceful=True)
+            for backend, _ in self.engines.values():
+                backend.close()
 
     def _withdraw(self) -> None:
         # Once only: a later agent may already listen at the same path.
@@ -224,7 +292,7 @@ class _Agent:
                     self.path.unlink()
 
     def _listen(self) -> socket.socket:
-        _private_directory(self.path)
+        _private_directory(self.path.parent)
         with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
             _connect(self.path).close()
             raise SystemExit("fleetexec agent: another agent already listens")  # lost a race
@@ -240,76 +308,104 @@ class _Agent:
         return listener
 
     def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            if struct.unpack("3i", creds)[1] != os.getuid():
-                return  # the directory should make this impossible; refuse anyway
-            line = conn.makefile("rb").readline(_MAX_REQUEST)
-            try:
-                request = json.loads(line)
-            except ValueError:
-                return
-            if request.get("type") == "stop":
-                self.stopping.set()
-                self._withdraw()  # gone from the moment `agent stop` returns
-                _send(conn, {"type": "stopped"})
-                return
-            with self.lock:
-                self.active += 1
-            try:
-                self._run(conn, request)
-            except (FleetError, ValueError, TypeError) as error:
-                with contextlib.suppress(OSError):
-                    _send(conn, {"type": "error", "message": str(error)})
-            finally:
-                with self.lock:
-                    self.active -= 1
-                    self.last_used = time.monotonic()
+        try:
+            with conn:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+                if struct.unpack("3i", creds)[1] != os.getuid():
+                    return  # the directory should make this impossible; refuse anyway
+                try:
+                    request = self._read_request(conn)
+                    if request["type"] == "stop":
+                        self.stopping.set()
+                        self._withdraw()  # gone from the moment `agent stop` returns
+                        _send(conn, {"type": "stopped"})
+                        return
+                    self._serve_run(conn, request)
+                except (FleetError, ValueError, TypeError, KeyError, RecursionError) as error:
+                    with contextlib.suppress(OSError):
+                        _send(conn, {"type": "error", "message": f"bad request: {error}"})
+                except OSError:
+                    pass  # the client went away
+        finally:
+            self.clients.release()
 
-    def _run(self, conn: socket.socket, request: dict[str, Any]) -> None:
-        from .api import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, _prepare
-        from .executor import WorkerPool, plan
+    def _read_request(self, conn: socket.socket) -> dict[str, Any]:
+        conn.settimeout(_REQUEST_WAIT)
+        line = conn.makefile("rb").readline(_MAX_REQUEST)
+        conn.settimeout(None)
+        request = json.loads(line)
+        if not isinstance(request, dict) or request.get("type") not in ("run", "stop"):
+            raise ValueError("expected an object with type 'run' or 'stop'")
+        if request["type"] == "run" and not (
+                isinstance(request.get("command"), str) and isinstance(request.get("hosts"), list)
+                and isinstance(request.get("secrets", {}), dict)):
+            raise ValueError("a run needs a command string, a host list and options")
+        return request
 
-        options = request["options"]
-        # The CLI sends every run() option except these; its hosts carry their own
-        # user, port, keys and timeouts.
-        settings = {k: v for k, v in options.items() if k not in ("parallel", "processes")}
-        hosts, session_options = _prepare(
-            [_decode_host(h) for h in request["hosts"]], user=None, port=None, key_files=(),
-            connect_timeout=DEFAULT_CONNECT_TIMEOUT, timeout=DEFAULT_TIMEOUT, **settings)
-        key = json.dumps(options, sort_keys=True)
+    def _serve_run(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        from .api import FleetSession
+        from .backends.process import ProcessBackend
+
+        options = Options.from_json(request.get("options", {}), request.get("secrets"))
+        hosts = [_decode_host(h) for h in request["hosts"]]
         with self.lock:
-            entry = self.pools.get(key)
-            if entry is None or entry[0].closed:
-                sizing = plan(max(len(hosts), 64), options.get("parallel"),
-                              options.get("processes"))
-                entry = self.pools[key] = (WorkerPool(session_options, sizing, reuse=True),
-                                           threading.Lock())
-        pool, pool_lock = entry
-        cancel = threading.Event()
-        threading.Thread(target=_watch_for_hangup, args=(conn, cancel), daemon=True).start()
-        with pool_lock:  # one run at a time per pool: its results queue is shared
-            def forward(result: HostResult) -> None:
-                _send(conn, {"type": "result", "result": _encode_result(result)})
+            self.active += 1
+            key = options.fingerprint(self.key)
+            if key not in self.engines:
+                self.engines[key] = (ProcessBackend(soft_cancel=True), threading.Lock())
+            backend, engine_lock = self.engines[key]
+        try:
+            session = FleetSession(hosts, options, backend=backend)
+            hangup = _Hangup(conn, session)
+            with engine_lock:  # one run at a time per engine
+                if hangup.running():  # False if the client left while it waited
+                    result = session.run(request["command"], on_result=lambda r: _send(
+                        conn, {"type": "result", "result": _encode_result(r)}))
+                    hangup.finished()
+                    _send(conn, {"type": "end", "interrupted": result.interrupted})
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last_used = time.monotonic()
 
-            result = pool.run(hosts, request["command"], forward, cancel=cancel)
-        _send(conn, {"type": "end", "interrupted": result.interrupted})
 
+class _Hangup:
+    """Cancels a client's run when the client goes away (Ctrl-C), and only while it runs:
+    the engine is shared, so a cancel at any other time would hit another client's run."""
 
-def _watch_for_hangup(conn: socket.socket, cancel: threading.Event) -> None:
-    # The client sends nothing after its request: EOF means it went away (Ctrl-C).
-    with contextlib.suppress(OSError):
-        if conn.recv(1) == b"":
-            cancel.set()
+    def __init__(self, conn: socket.socket, session: Any) -> None:
+        self.session, self.lock = session, threading.Lock()
+        self.state = "waiting"
+        threading.Thread(target=self._watch, args=(conn,), daemon=True).start()
+
+    def _watch(self, conn: socket.socket) -> None:
+        # The client sends nothing after its request: EOF means it went away.
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        with self.lock:
+            if self.state == "running":
+                self.session.cancel()
+            self.state = "gone"
+
+    def running(self) -> bool:
+        with self.lock:
+            if self.state == "waiting":
+                self.state = "running"
+            return self.state == "running"
+
+    def finished(self) -> None:
+        with self.lock:
+            self.state = "finished"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the agent process (`python -m fleetexec.agent`)."""
     parser = argparse.ArgumentParser(prog="fleetexec-agent")
-    parser.add_argument("--socket", type=Path, default=socket_path())
+    parser.add_argument("--socket", type=Path, default=None)
     parser.add_argument("--idle", type=float, default=600.0)
     args = parser.parse_args(argv)
-    _Agent(args.socket, args.idle).serve()
+    _Agent(args.socket or socket_path(), args.idle).serve()
 
 
 if __name__ == "__main__":

@@ -10,14 +10,17 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from .exceptions import FleetError, InventoryError
 from .host import Host
 from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult, HostResult
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .options import Options
 
 EXIT_CODES_HELP = """\b
 Exit codes (the first that applies, in this order):
@@ -55,13 +58,57 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
-def _size(value: str) -> int:
-    text = value.strip().upper().removesuffix("IB").removesuffix("B")
-    suffix = text[-1:] if text[-1:] in "KMG" else ""
-    number = text[: len(text) - len(suffix)]
-    if not number.isdigit():
-        raise click.BadParameter(f"{value!r}: use bytes or a K/M/G suffix, e.g. 1M")
-    return int(number) * _SIZE_SUFFIXES[suffix]
+class _Size(click.ParamType):  # type: ignore[type-arg]
+    """Bytes, with an optional K/M/G suffix (`1M`)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        suffix = text[-1:] if text[-1:] in "KMG" else ""
+        number = text[: len(text) - len(suffix)]
+        if not number.isdigit():
+            self.fail(f"{value!r}: use bytes or a K/M/G suffix, e.g. 1M", param, ctx)
+        return int(number) * _SIZE_SUFFIXES[suffix]
+
+
+def _help(field: str) -> str:
+    from .options import Options
+
+    meta = Options.__dataclass_fields__[field].metadata
+    default = meta["builtin"]
+    return str(meta["help"]) + (f" [{default}]" if default is not None else "")
+
+
+# One click line per `Options` field (a test pins them against the record). Per-host
+# settings come first: `fleetexec hosts` takes those too. Secrets are never flags.
+_HOST_FLAGS = [
+    click.option("-u", "--user", help=_help("user") + " Beats the inventory."),
+    click.option("-p", "--port", type=click.IntRange(1, 65535), help=_help("port")),
+    click.option("-k", "--key", "key_files", multiple=True, type=click.Path(dir_okay=False),
+                 help=_help("key_files") + " Repeatable."),
+    click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+                 help=_help("connect_timeout")),
+    click.option("-t", "--command-timeout", "--timeout", "command_timeout",
+                 type=click.FloatRange(min=0), help=_help("command_timeout")),
+]
+_RUN_FLAGS = [
+    click.option("--known-hosts", multiple=True, type=click.Path(dir_okay=False),
+                 help=_help("known_hosts") + " Repeatable."),
+    click.option("--system-known-hosts/--no-system-known-hosts", default=True,
+                 help=_help("system_known_hosts")),
+    click.option("--host-key-policy", type=click.Choice(["strict", "accept-new"]),
+                 default="strict", show_default=True, help=_help("host_key_policy")),
+    click.option("--require-strict-kex", is_flag=True, help=_help("require_strict_kex")),
+    click.option("--max-output", type=_Size(), default="1M", show_default=True,
+                 help=_help("max_output") + " The rest is counted and dropped."),
+    click.option("-A", "--use-agent", is_flag=True, help=_help("use_agent")),
+    click.option("-P", "--parallel", type=click.IntRange(min=1), help=_help("parallel")),
+    click.option("--processes", type=click.IntRange(min=1), help=_help("processes")),
+]
+_SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase"}
 
 
 def _selection_options(function: Any) -> Any:
@@ -74,36 +121,43 @@ def _selection_options(function: Any) -> Any:
         click.option("-g", "--group", "groups", multiple=True, help="Inventory group. Repeatable."),
         click.option("-x", "--exclude", multiple=True, metavar="PATTERN",
                      help="Leave these hosts or groups out. Repeatable."),
-        click.option("-u", "--user", help="Log in as this user (overrides the inventory)."),
-        click.option("-p", "--port", type=click.IntRange(1, 65535),
-                     help="SSH port (overrides the inventory)."),
-        click.option("-k", "--key", "keys", multiple=True, type=click.Path(dir_okay=False),
-                     help="Private key file (overrides the inventory). Repeatable."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
-                     help="Deadline for TCP connect + handshake + auth, seconds [10]."),
-        click.option("-t", "--timeout", type=click.FloatRange(min=0),
-                     help="Deadline for the command from exec, seconds; 0 = none [60]."),
+        *_HOST_FLAGS,
     ]):
         function = decorator(function)
     return function
 
 
-def _selected_hosts(selection: Sequence[str], opts: dict[str, Any]) -> list[Host]:
-    """The hosts chosen by the selection options; a bad choice ends the program (exit 2)."""
+def _run_options(function: Any) -> Any:
+    for decorator in reversed(_RUN_FLAGS):
+        function = decorator(function)
+    return function
+
+
+def _options(opts: dict[str, Any]) -> Options:
+    """The `Options` the flags spell; flags not given stay unset (the inventory applies)."""
+    from .options import Options
+
+    names = Options.__dataclass_fields__
+    given: dict[str, Any] = {k: v for k, v in opts.items()
+                             if k in names and v is not None and v != ()}
+    return Options(**given)
+
+
+def _selected_hosts(selection: Sequence[str], opts: dict[str, Any]) -> tuple[list[Host], Options]:
+    """The hosts chosen on the command line, resolved; a bad choice ends the program (exit 2)."""
+    from .resolve import resolve
+
     try:
-        return _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
-                       opts["exclude"], opts["user"], opts["port"], opts["keys"],
-                       opts["connect_timeout"], opts["timeout"])
-    except InventoryError as error:
+        options = _options(opts)
+        hosts = _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
+                        opts["exclude"])
+        return resolve(hosts, options), options
+    except FleetError as error:
         _fail(str(error))
 
 
-def _select(
-    inventory: str | None, patterns: Sequence[str], groups: Sequence[str], exclude: Sequence[str],
-    user: str | None, port: int | None, keys: Sequence[str], connect_timeout: float | None,
-    timeout: float | None,
-) -> list[Host]:
-    """The hosts chosen on the command line, command-line settings applied on top."""
+def _select(inventory: str | None, patterns: Sequence[str], groups: Sequence[str],
+            exclude: Sequence[str]) -> list[Host]:
     from .inventory import hosts_from_targets, load_inventory
 
     terms = [*patterns, *groups, *(f"!{x}" for x in exclude)]
@@ -119,21 +173,7 @@ def _select(
         raise InventoryError("no hosts: give -i INVENTORY and/or -H HOSTS")
     if not hosts:
         raise InventoryError("the selection matches no hosts")
-    overrides: dict[str, Any] = {}
-    if user:
-        overrides["user"] = user
-    if port:
-        overrides["port"] = port
-    if keys:
-        overrides["key_files"] = tuple(keys)
-    if connect_timeout is not None:
-        overrides["connect_timeout"] = connect_timeout
-    if timeout is not None:
-        overrides["command_timeout"] = timeout
-    try:
-        return [replace(h, **overrides) for h in hosts]
-    except ValueError as error:
-        raise InventoryError(str(error)) from None
+    return hosts
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -152,24 +192,9 @@ def main() -> None:
 @main.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("selection", nargs=-1)
 @_selection_options
-@click.option("--known-hosts", multiple=True, type=click.Path(dir_okay=False),
-              help="Extra known_hosts file (also where accept-new records). Repeatable.")
-@click.option("--no-system-known-hosts", is_flag=True,
-              help="Do not read ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts.")
-@click.option("--host-key-policy", type=click.Choice(["strict", "accept-new"]), default="strict",
-              show_default=True, help="accept-new records keys of new hosts; changed keys are "
-              "always refused.")
-@click.option("--require-strict-kex", is_flag=True,
-              help="Refuse servers without strict key exchange (the Terrapin fix) before "
-                   "any credential is sent.")
-@click.option("-P", "--parallel", type=click.IntRange(min=1),
-              help="Sessions in flight at most [1024, capped by the open-files limit].")
-@click.option("--processes", type=click.IntRange(min=1), help="Worker processes [one per core].")
+@_run_options
 @click.option("-o", "--format", "output_format", default="table", show_default=True,
               type=click.Choice(["table", "gathered", "json", "jsonl"]))
-@click.option("--max-output", default="1M", show_default=True, metavar="SIZE",
-              help="Keep at most this much of each stream per host (rest counted, dropped).")
-@click.option("-A", "--use-agent", is_flag=True, help="Also offer the ssh-agent's keys.")
 @click.option("--ask-password", is_flag=True,
               help="Prompt once for a password (or set FLEETEXEC_PASSWORD).")
 @click.option("--ask-passphrase", is_flag=True,
@@ -193,30 +218,31 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
         command_words, selection = list(selection), ()
     if not command_words:
         raise click.UsageError("no command: put it after --, e.g. fleetexec run -H web1 -- uptime")
-    try:
-        max_output = _size(opts["max_output"])
-    except click.BadParameter as error:
-        raise click.UsageError(f"--max-output: {error.message}") from None
-    hosts = _selected_hosts(selection, opts)
+    hosts, options = _selected_hosts(selection, opts)
     password = os.environ.get("FLEETEXEC_PASSWORD")
     if opts["ask_password"]:
         password = click.prompt("SSH password", hide_input=True, err=True)
     passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
     if opts["ask_passphrase"]:
         passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
-    result = _execute(hosts, " ".join(command_words), opts, max_output, password, passphrase)
+    options = options.replace(password=password, passphrase=passphrase)
+    backend = None
+    if opts["persist"]:
+        from .agent import AgentBackend
+
+        backend = AgentBackend(idle=opts["persist_idle"])
+    result = _execute(hosts, " ".join(command_words), options, backend,
+                      opts["output_format"], opts["progress"])
     sys.exit(result.exit_code)
 
 
 def _execute(
-    hosts: list[Host], command: str, opts: dict[str, Any], max_output: int,
-    password: str | None, passphrase: str | None,
+    hosts: list[Host], command: str, options: Options, backend: Backend | None,
+    output_format: str, progress: bool | None,
 ) -> FleetResult:
     from . import render
-    from .api import run as run_fleet
+    from .api import FleetSession
 
-    output_format = opts["output_format"]
-    progress = opts["progress"]
     if progress is None:
         progress = sys.stderr.isatty() and output_format in ("table", "gathered")
     width = max(len(h.name) for h in hosts)
@@ -232,28 +258,13 @@ def _execute(
 
     # SIGTERM stops the run the way Ctrl-C does: partial results, no orphans.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    options = {
-        "known_hosts": list(opts["known_hosts"]),
-        "system_known_hosts": not opts["no_system_known_hosts"],
-        "host_key_policy": opts["host_key_policy"], "parallel": opts["parallel"],
-        "require_strict_kex": opts.get("require_strict_kex", False),
-        "processes": opts["processes"], "max_output": max_output, "use_agent": opts["use_agent"],
-        "password": password, "passphrase": passphrase,
-    }
     try:
-        if opts.get("persist"):
-            from .agent import run_via_agent
-
-            result = run_via_agent(hosts, command, idle=opts["persist_idle"], on_result=on_result,
-                                   **options)
-        else:
-            result = run_fleet(hosts, command, on_result=on_result, **options)
+        with FleetSession(hosts, options, backend=backend, keep_connections=False) as session:
+            result = session.run(command, on_result=on_result)
     except FleetError as error:
         _fail(str(error))
-    finally:
-        from .executor import stop_forkserver
-
-        stop_forkserver()
+    for note in getattr(backend, "notes", ()):
+        click.echo(f"fleetexec: note: {note}", err=True)
     if output_format == "table":
         click.echo(render.render_table(result))
         click.echo(render.render_summary(result))
@@ -280,7 +291,7 @@ def hosts(selection: tuple[str, ...], **opts: Any) -> None:
     """Print the selected hosts with their effective settings (never a secret)."""
     from .render import render_hosts
 
-    chosen = _selected_hosts(selection, opts)
+    chosen, _ = _selected_hosts(selection, opts)
     click.echo(render_hosts(chosen))
     click.echo(f"{len(chosen)} host{'s' if len(chosen) != 1 else ''}")
 
@@ -300,6 +311,7 @@ def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
     this machine. All of it is removed afterwards.
     """
     from .inventory import load_inventory
+    from .options import Options
     from .testing import MockFleet
 
     with MockFleet(count) as fleet:
@@ -307,10 +319,9 @@ def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
         with open(fleet.inventory_path, encoding="utf-8") as file:
             click.echo("".join(f"#   {line}" for line in file), nl=False, err=True)
         hosts = load_inventory(fleet.inventory_path).select()
-        opts = {"output_format": output_format, "progress": False, "known_hosts": (),
-                "no_system_known_hosts": True, "host_key_policy": "strict", "parallel": None,
-                "processes": None, "use_agent": False}
-        result = _execute(hosts, " ".join(command) or "df -h", opts, 1024 * 1024, None, None)
+        options = Options(system_known_hosts=False)  # the inventory names its known_hosts
+        result = _execute(hosts, " ".join(command) or "df -h", options, None, output_format,
+                          progress=False)
     sys.exit(result.exit_code)
 
 

@@ -40,6 +40,8 @@ class Host:
     command_timeout: float | None = None
     known_hosts_file: str | None = None
     groups: tuple[str, ...] = field(default=(), compare=False)
+    # Settings written on the target itself (`alice@web1:2222`): a flag may not contradict them.
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __post_init__(self) -> None:
         check_hostname(self.name)

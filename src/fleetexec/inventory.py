@@ -162,7 +162,8 @@ def hosts_from_targets(patterns: Iterable[str]) -> list[Host]:
             try:
                 for name in [rest] if ipv6 else hostrange.expand(rest):
                     login, address, port = parse_target(f"{user}@{name}" if at else name)
-                    host = Host(address, port=port or 22, user=login)
+                    written = frozenset(k for k, v in (("user", login), ("port", port)) if v)
+                    host = Host(address, port=port or 22, user=login, explicit=written)
                     if hosts.setdefault(host.name, host) != host:
                         raise InventoryError(f"host {host.name!r} is given twice with different"
                                              f" user or port in {pattern!r}")

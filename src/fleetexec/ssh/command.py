@@ -49,8 +49,7 @@ def execute(
     client: paramiko.SSHClient, host: Host, command: str, context: WorkerContext, out: Capped,
     err: Capped, finish: Callable[..., HostResult],
 ) -> HostResult:
-    options = context.options
-    timeout = host.command_timeout if host.command_timeout is not None else options.command_timeout
+    timeout = host.command_timeout or 0.0  # resolve() filled it; 0 = no deadline
     transport = client.get_transport()
     assert isinstance(transport, FleetTransport)  # noqa: S101 - set by transport_factory
     alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None  # type: ignore[arg-type]

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
+from ..exceptions import ConfigError
 from ..host import Host
+from ..options import expand
 from ..results import Status
 from .credentials import FleetAuth, WeakKeyExchange
 from .failure import Failure
-from .hostkeys import KnownHosts, fingerprint, record_host_key, to_pkey
-from .options import expand
+from .hostkeys import HostKeyConflict, KnownHosts, fingerprint, record_host_key, to_pkey
 from .transport import FleetTransport, close_client
 from .watchdog import Alarm
 
@@ -38,9 +39,17 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
-        where = f"{hostname} ({key.get_name()} {fingerprint(key)})"
+        # paramiko asks only when no usable, unrevoked key is recorded for `hostname`.
+        name = hostname.lower()  # OpenSSH compares and records host names lower-cased
+        offered = f"{key.get_name()} {fingerprint(key)}"
+        where = f"{hostname} ({offered})"
         if key.get_base64() in self.known.revoked:
             raise Failure(Status.HOSTKEY_CHANGED, f"host key of {where} is marked @revoked")
+        if self.known.lookup(name):
+            # Its entries' keys are all revoked or unreadable: a known host, never a new one.
+            raise Failure(Status.HOSTKEY_CHANGED, f"HOST KEY CHANGED for {hostname}: server "
+                          f"offers {offered}, known_hosts has only revoked or unusable keys "
+                          "for it; refusing")
         if self.context.options.host_key_policy != "accept-new":
             raise Failure(
                 Status.HOSTKEY_UNKNOWN,
@@ -49,19 +58,28 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
         path = expand(self.host.known_hosts_file or self.context.options.accept_new_file)
         try:
-            record_host_key(path, hostname, key)
+            # True (appended) and False (this very key was already there) both mean trusted.
+            record_host_key(path, name, key)
+        except HostKeyConflict as conflict:  # another key got there first: not a new host
+            raise Failure(Status.HOSTKEY_CHANGED, f"HOST KEY CHANGED for {hostname}: server "
+                          f"offers {offered}, {conflict}; refusing (possible "
+                          "man-in-the-middle, or the host was reinstalled)") from None
         except OSError as error:
             raise Failure(
                 Status.ERROR, f"cannot record host key in {path}: {error.strerror}"
             ) from None
-        self.known.add(hostname, key)
+        self.known.add(name, key)
 
 
 def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
     """TCP + banner + key exchange + host key + auth, all under one wall-clock deadline."""
-    options = context.options
-    timeout = host.connect_timeout if host.connect_timeout is not None else options.connect_timeout
+    timeout = host.connect_timeout
+    assert timeout is not None  # noqa: S101 - resolve() fills it
     deadline = begin + timeout
+    try:  # before connecting: a key file deleted or spoilt since the last use is refused here
+        keys = [context.key(p) for p in host.key_files]
+    except ConfigError as error:
+        raise Failure(Status.ERROR, str(error)) from None
     attempts = 0
     while True:
         sock = _open_socket(host, deadline, timeout)
@@ -81,7 +99,7 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
     alarm = context.watchdog.arm(deadline, sock)
     client = paramiko.SSHClient()
     try:
-        _handshake(client, sock, host, context, alarm, timeout)
+        _handshake(client, sock, host, context, alarm, timeout, keys)
     except BaseException:
         close_client(client)
         sock.close()
@@ -146,7 +164,7 @@ def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: f
 
 def _handshake(
     client: paramiko.SSHClient, sock: socket.socket, host: Host, context: WorkerContext,
-    alarm: Alarm, timeout: float,
+    alarm: Alarm, timeout: float, keys: list[paramiko.PKey],
 ) -> None:
     options = context.options
     known = context.known_hosts(host)
@@ -155,9 +173,8 @@ def _handshake(
         if key is not None and key_b64 not in known.revoked:
             client.get_host_keys().add(host.known_hosts_name, key_type, key)
     client.set_missing_host_key_policy(HostKeyPolicy(context, host, known))
-    key_files = host.key_files or options.key_files
-    user = host.user or options.default_user
-    auth = FleetAuth(user, [context.key(p) for p in key_files], context.agent_keys,
+    user = host.user or ""  # resolve() filled it
+    auth = FleetAuth(user, keys, context.agent_keys,
                      options.password, options.require_strict_kex)
     remaining = max(0.001, alarm.deadline - time.monotonic())
     try:

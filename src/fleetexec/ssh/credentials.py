@@ -16,7 +16,7 @@ import paramiko
 from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey, Password
 
 from ..exceptions import ConfigError
-from .options import Secret, expand
+from ..options import Secret, expand
 
 __all__ = ["FleetAuth", "WeakKeyExchange", "load_private_key"]
 

@@ -1,25 +1,29 @@
-"""known_hosts: parsed once per worker, looked up per host, appended under a lock.
+"""known_hosts: parsed into a plain dict, looked up per host, appended under a lock.
 
 paramiko's own `HostKeys` builds a key object for every line (120 ms for a
-1000-line file, per client). Here a file is split into a plain dict once, and
+1000-line file, per client). Here a file is split into a plain dict, and
 only the matched host's keys become `PKey` objects.
+
+Names follow OpenSSH: host names are compared lower-cased (plain entries are
+lower-cased when read, hashed ones are matched against the hash of the
+lower-cased name), and accept-new records the lower-cased name.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import fcntl
 import hashlib
 import hmac
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import paramiko
 
-__all__ = ["KnownHosts", "fingerprint", "record_host_key"]
+__all__ = ["HostKeyConflict", "KnownHosts", "fingerprint", "record_host_key"]
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -33,10 +37,12 @@ class KnownHosts:
     """The entries of one or more known_hosts files, ready for lookups.
 
     Hashed (`|1|salt|hash`) and `[host]:port` entries are understood.
-    `@revoked` keys are refused even if listed elsewhere; `@cert-authority`
-    lines are kept out of the lookup (paramiko cannot verify host
-    certificates), so a host known only through a CA is reported as unknown
-    rather than trusted by accident. Malformed lines are skipped one by one.
+    `@revoked` keys are refused even if listed elsewhere, and a `@revoked`
+    line still counts as an entry for the names it lists (such a host is not
+    "new"). `@cert-authority` lines are kept out of the lookup (paramiko
+    cannot verify host certificates), so a host known only through a CA is
+    reported as unknown rather than trusted by accident. Malformed lines are
+    skipped one by one.
     """
 
     plain: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
@@ -65,9 +71,8 @@ class KnownHosts:
             return
         names, key_type, key_b64 = fields[0], fields[1], fields[2]
         if marker == "@revoked":
-            self.revoked.add(key_b64)
-            return
-        if marker is not None:
+            self.revoked.add(key_b64)  # then indexed like any entry: its names are known
+        elif marker is not None:
             return
         for name in names.split(","):
             if name.startswith("|1|"):
@@ -78,10 +83,12 @@ class KnownHosts:
                     continue
                 self.hashed.append(entry)
             elif not name.startswith("!"):
-                self.plain.setdefault(name, []).append((key_type, key_b64))
+                self.plain.setdefault(name.lower(), []).append((key_type, key_b64))
 
     def lookup(self, name: str) -> list[tuple[str, str]]:
-        """The `(key type, base64 key)` pairs recorded for `name` (`host` or `[host]:port`)."""
+        """Every `(key type, base64 key)` recorded for `name` (`host` or `[host]:port`),
+        revoked ones included: any entry at all means the host is not new."""
+        name = name.lower()
         found = list(self.plain.get(name, ()))
         encoded = name.encode()
         for salt, digest, key_type, key_b64 in self.hashed:
@@ -89,9 +96,14 @@ class KnownHosts:
                 found.append((key_type, key_b64))
         return found
 
+    def trusts(self, name: str, key: paramiko.PKey) -> bool:
+        """Whether `key` is recorded for `name` and not revoked (a kept connection's check)."""
+        key_b64 = key.get_base64()
+        return key_b64 not in self.revoked and any(b == key_b64 for _, b in self.lookup(name))
+
     def add(self, name: str, key: paramiko.PKey) -> None:
         """Remember a key learnt during this run (accept-new)."""
-        self.plain.setdefault(name, []).append((key.get_name(), key.get_base64()))
+        self.plain.setdefault(name.lower(), []).append((key.get_name(), key.get_base64()))
 
 
 def to_pkey(key_type: str, key_b64: str) -> paramiko.PKey | None:
@@ -102,39 +114,75 @@ def to_pkey(key_type: str, key_b64: str) -> paramiko.PKey | None:
         return None
 
 
-def record_host_key(path: str, name: str, key: paramiko.PKey) -> bool:
-    """Append `name key` to known_hosts `path` atomically, under a lock.
+class HostKeyConflict(Exception):
+    """The file already has another key for the name, or revokes this one: not a new host."""
 
-    Several worker processes learn keys at once (accept-new), so the file is
-    rewritten as a whole: lock, re-read, skip if another process already
-    recorded this host, write a 0600 temp file, rename over. Returns False
-    when an entry for `name` was already there.
+
+def record_host_key(path: str, name: str, key: paramiko.PKey) -> bool:
+    """Append `name key` to known_hosts `path` as OpenSSH does, unless `name` is known there.
+
+    The line goes to the end of the file's real path (a symlink stays a
+    symlink) in one O_APPEND write of bytes. Nothing else in the file is
+    rewritten, so a line another writer appends meanwhile (fleetexec or a
+    plain `>>`) is never lost, and bytes that are not UTF-8 survive. Other
+    workers record at the same time, so the file is re-read under an
+    exclusive `flock` on the file itself before anything is written:
+
+    * True: the line was appended (a file that did not exist is created 0600).
+    * False: this very key is already recorded for `name` (another worker was
+      first): the key is trusted exactly as if this call had written it.
+    * raises `HostKeyConflict`: `name` has another entry there, or the key is
+      `@revoked` there. The host is not new: the caller must refuse it as a
+      changed key.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    line = f"{name} {key.get_name()} {key.get_base64()}\n"
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as file:
-                current = file.read()
-        except FileNotFoundError:
-            current = ""
-        existing = KnownHosts()
-        for old in current.splitlines():
-            existing._add_line(old)
-        if existing.lookup(name):
-            return False
-        if current and not current.endswith("\n"):
-            current += "\n"
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".known_hosts.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(current + line)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-    return True
+    name = name.lower()  # OpenSSH records names lower-cased
+    real = os.path.realpath(path)
+    os.makedirs(os.path.dirname(real), mode=0o700, exist_ok=True)
+    for _attempt in range(5):
+        with open(real, "a+b", buffering=0, opener=_open_private) as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            if not _same_file(file.fileno(), real):
+                continue  # replaced while we waited (ssh-keygen -R renames): a line would be lost
+            file.seek(0)
+            current = file.readall()
+            if _already_recorded(current, real, name, key):
+                return False
+            line = f"{name} {key.get_name()} {key.get_base64()}\n".encode()
+            if current and not current.endswith(b"\n"):
+                line = b"\n" + line
+            if file.write(line) != len(line):
+                raise OSError(errno.EIO, "short write")
+            return True
+    raise OSError(errno.EAGAIN, "the file kept being replaced")
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _already_recorded(current: bytes, path: str, name: str, key: paramiko.PKey) -> bool:
+    """True if `key` is recorded for `name` in `current`; raises if anything else is."""
+    existing = KnownHosts()
+    for line in current.decode("utf-8", errors="replace").splitlines():
+        existing._add_line(line)
+    key_b64 = key.get_base64()
+    if key_b64 in existing.revoked:
+        raise HostKeyConflict(f"{path} marks this key @revoked")
+    recorded = existing.lookup(name)
+    if any(b == key_b64 for _, b in recorded):
+        return True
+    if recorded:
+        key_type, other_b64 = recorded[0]
+        other = to_pkey(key_type, other_b64)
+        shown = f"{key_type} {fingerprint(other)}" if other else f"an unusable {key_type} key"
+        raise HostKeyConflict(f"{path} has {shown}")
+    return False

@@ -12,18 +12,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import paramiko
 
 from ..host import Host
+from ..options import Options, expand
 from ..results import HostResult, Status
 from .command import BULK_READERS, Capped, execute
 from .connect import connect
 from .credentials import load_private_key
 from .failure import Failure, StaleConnection
+from .filecache import FileCache
 from .hostkeys import KnownHosts
-from .options import SessionOptions, expand
 from .pacing import Turn
 from .transport import close_client
 from .watchdog import Watchdog
@@ -34,40 +35,57 @@ __all__ = ["WorkerContext", "run_on_host"]
 class WorkerContext:
     """What a worker process does once, not once per host."""
 
-    def __init__(self, options: SessionOptions) -> None:
+    def __init__(self, options: Options, handshakes: int = 64,
+                 preload_key_files: Sequence[str] = ()) -> None:
         self.options = options
         self.watchdog = Watchdog()
-        self.handshakes = threading.BoundedSemaphore(max(1, options.handshakes_in_flight))
+        # Paces set-up: a burst of connects overflows accept queues.
+        self.handshakes = threading.BoundedSemaphore(max(1, handshakes))
         self.bulk_readers = threading.BoundedSemaphore(BULK_READERS)
-        self._known: dict[tuple[str, ...], KnownHosts] = {}
-        self._keys: dict[str, paramiko.PKey] = {}
-        self._lock = threading.Lock()
-        for path in options.preload_key_files:
+        # Re-read when they change on disk: workers outlive edits (see key(), known_hosts()).
+        self._known = FileCache(KnownHosts.load)
+        self._keys = FileCache(lambda paths: load_private_key(paths[0], self.options.passphrase))
+        for path in preload_key_files:  # a bad key is a ConfigError before any connection
             self.key(path)
         # Connections kept for the next command (fleet sessions only).
         self.connections: dict[tuple[object, ...], paramiko.SSHClient] = {}
         self.agent_keys: tuple[paramiko.PKey, ...] = ()
-        if options.use_agent and options.agent_socket:
-            # Workers inherit the forkserver's environment, not the caller's.
-            os.environ["SSH_AUTH_SOCK"] = options.agent_socket
+        if options.use_agent and os.environ.get("SSH_AUTH_SOCK"):
             self.agent_keys = tuple(paramiko.Agent().get_keys())
 
     def key(self, path: str) -> paramiko.PKey:
-        """The private key at `path`, loaded on first use (raises `ConfigError`)."""
-        with self._lock:
-            if path not in self._keys:
-                self._keys[path] = load_private_key(path, self.options.passphrase)
-            return self._keys[path]
+        """The private key at `path`, loaded again whenever the file changed (one stat per use).
+
+        Raises `ConfigError` naming the file when it is missing (deleted since
+        the last use), readable by others, encrypted without a passphrase or
+        not a key. `connect` calls this for each new connection before opening
+        it, so a deleted key file no longer authenticates: that host ends
+        `error` with this one-line message (a configuration problem, not a
+        refusal by the server, hence not `auth_failed`), no connection made.
+        A connection kept open from before stays usable, like a ControlMaster.
+        """
+        return self._keys.get((expand(path),))
 
     def known_hosts(self, host: Host) -> KnownHosts:
-        """The parsed known_hosts files that apply to `host`."""
-        files = tuple(expand(p) for p in self.options.known_hosts_files)
+        """The parsed known_hosts files that apply to `host`, parsed again when one changed.
+
+        Called for each new connection and each reuse of a kept one; costs one
+        `os.stat` per file unless a file changed. With accept-new the file it
+        records into is always read too, even when it is not one of the
+        known_hosts files: a host with any entry there is not new.
+        """
+        files = [expand(p) for p in self.options.known_hosts_files]
         if host.known_hosts_file:
-            files += (expand(host.known_hosts_file),)
-        with self._lock:
-            if files not in self._known:
-                self._known[files] = KnownHosts.load(files)
-            return self._known[files]
+            files.append(expand(host.known_hosts_file))
+        if self.options.host_key_policy == "accept-new":
+            files.append(expand(host.known_hosts_file or self.options.accept_new_file))
+        return self._known.get(tuple(dict.fromkeys(files)))
+
+    def still_trusted(self, host: Host, client: paramiko.SSHClient) -> bool:
+        """Whether a kept connection's host key is still in known_hosts and not revoked."""
+        transport = client.get_transport()
+        key = transport.get_remote_server_key() if transport is not None else None
+        return key is not None and self.known_hosts(host).trusts(host.known_hosts_name, key)
 
     def close_connections(self) -> None:
         """Close every kept connection (a fleet session ends)."""
@@ -89,6 +107,9 @@ def run_on_host(
     transparently (only when the command provably did not start on it).
     """
     kept = context.connections.pop(_identity(host), None) if reuse else None
+    if kept is not None and not context.still_trusted(host, kept):
+        close_client(kept)  # key revoked or removed since: a new connection verifies afresh
+        kept = None
     if kept is not None:
         try:
             result = _run_once(host, command, context, kept, on_start)

@@ -9,15 +9,18 @@
 
 Protocol-level misbehaviour (tarpit, black hole, garbage banners) comes from
 `FaultServer`; `OpenSSHServer` starts a real, throwaway OpenSSH sshd.
+`ScriptedBackend` answers from the same `MockHost` scripts with no sockets
+at all, for unit tests that should take milliseconds.
 With pytest the ``mock_fleet`` and ``mock_fleet_factory`` fixtures are
 available without any import (see `fleetexec.testing.plugin`).
 """
 
 from .faults import FaultServer, closed_port
 from .mockfleet import BINARY_PAYLOAD, Fault, MockFleet, MockHost, MockServer, Reply
+from .scripted import ScriptedBackend
 from .sshd import OpenSSHServer
 
 __all__ = [
     "BINARY_PAYLOAD", "Fault", "FaultServer", "MockFleet", "MockHost", "MockServer",
-    "OpenSSHServer", "Reply", "closed_port",
+    "OpenSSHServer", "Reply", "ScriptedBackend", "closed_port",
 ]

@@ -155,7 +155,7 @@ class MockFleet:
         (`system_known_hosts=False` unless you pass it); other options go to
         `fleetexec.run` unchanged.
 
-            result = fleet.run("uptime", timeout=2)
+            result = fleet.run("uptime", command_timeout=2)
             assert result["host1"].ok
         """
         from ..api import run

@@ -1,0 +1,89 @@
+"""Backends: where the sessions of a run execute. They move plain data; they decide no policy.
+
+A backend takes resolved hosts and a `Job` and yields one `HostResult` per
+host as each finishes; precedence, host-key trust and exit codes are decided
+before (resolve, the ssh layer) and after (`FleetSession`, the CLI).
+
+- `ProcessBackend`: worker processes of our own, many sessions each (the default);
+- `InProcessBackend`: threads in the caller, no subprocesses (debugging, tiny fleets);
+- `fleetexec.agent.AgentBackend`: the `--persist` agent behind a Unix socket;
+- `fleetexec.testing.ScriptedBackend`: `MockHost` scripts, no sockets, for unit tests.
+
+A distributed backend fits the same protocol: cut the hosts into shards,
+run each shard on a local backend elsewhere, yield results as they come back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..host import Host
+from ..options import Options, builtin
+from ..results import HostResult
+
+__all__ = ["Backend", "Job", "Plan", "plan"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to do on every host: the command and the run's settings (paths absolute)."""
+
+    command: str
+    options: Options
+    keep_connections: bool = False  # a session that will run again keeps them open
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs jobs; `FleetSession` is its only caller."""
+
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+        """Run `job` on `hosts` (unique names); yield each host's result as it finishes.
+
+        Yields exactly one result per host unless cancelled; a host the
+        backend lost (a dead worker, a dead agent) is yielded as an `error`
+        result saying so. Raises `ConfigError` if the job cannot start at all.
+        """
+        ...
+
+    def cancel(self) -> None:
+        """Stop the current run now, from any thread; `start`'s iterator then ends."""
+        ...
+
+    def close(self) -> None:
+        """Release everything (kept connections, processes). Idempotent."""
+        ...
+
+
+HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
+_FDS_RESERVED = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many processes and sessions a run uses."""
+
+    processes: int
+    threads_per_process: int
+    handshakes_per_process: int
+
+    @property
+    def parallel(self) -> int:
+        """Sessions in flight at most."""
+        return self.processes * self.threads_per_process
+
+
+def plan(hosts: int, options: Options, *, cores: int | None = None) -> Plan:
+    """Size a run of `hosts`: about one process per core, sessions capped by open files."""
+    wanted = max(1, min(options.parallel or builtin("parallel"), hosts))
+    cores = cores or os.cpu_count() or 1
+    procs = min(options.processes or max(1, min(cores, math.ceil(hosts / 32))), wanted)
+    fd_cap = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _FDS_RESERVED)
+    threads = max(1, min(math.ceil(wanted / procs), fd_cap))  # one socket per session
+    handshakes = max(1, min(threads, math.ceil(HANDSHAKES_IN_FLIGHT / procs)))
+    return Plan(procs, threads, handshakes)

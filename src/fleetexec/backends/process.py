@@ -1,0 +1,258 @@
+"""`ProcessBackend`: a few worker processes of our own, each running many sessions.
+
+About one process per core (CPU for handshakes), each running many sessions
+on threads (waiting on the network is free). Workers are plain child
+processes started with a safe path (`python -P -m ...`, cwd `/`), so the
+caller needs no `if __name__ == "__main__":` guard, nothing in the current
+directory can shadow a module, and no process-wide multiprocessing state is
+touched. A host always goes to the same worker in a session that keeps
+connections, so it meets its kept connection there.
+
+Lost hosts have one path, `_Run.lose`: a worker that exits loses the hosts
+it held (`error`), a worker that stops answering has its hosts given up at
+their deadlines plus a grace (`timeout`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..exceptions import ConfigError
+from ..host import Host
+from ..results import HostResult, Status
+from . import Job, Plan, plan
+from .worker import (
+    Channel,
+    Finished,
+    Ready,
+    Setup,
+    SetupFailed,
+    Skip,
+    Started,
+    Stop,
+    Taken,
+    Work,
+    command_line,
+)
+
+__all__ = ["ProcessBackend"]
+
+_GRACE = 5.0  # the parent gives up on a host this long after its own deadlines
+_POLL = 0.25
+_STOP_WAIT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    """A worker's socket closed: the process ended (or is ending)."""
+
+
+_Events = queue.SimpleQueue[tuple["_Worker", object]]
+
+
+class _Worker:
+    """One child process and the thread that turns its messages into events."""
+
+    def __init__(self, slot: int, setup: Setup, events: _Events) -> None:
+        import fleetexec
+
+        self.slot = slot
+        parent_end, child_end = socket.socketpair()
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(fleetexec.__file__)))
+        env = dict(os.environ)
+        # The child imports the same fleetexec as this process, wherever it came from.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
+                                                          env.get("PYTHONPATH")]))
+        with child_end:
+            self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+                command_line(child_end.fileno()), pass_fds=[child_end.fileno()], cwd="/",
+                env=env, stdin=subprocess.DEVNULL)
+        self.channel = Channel(parent_end)
+        self.ready = False
+        self.channel.send(setup)
+        threading.Thread(target=self._pump, args=(events,), daemon=True).start()
+
+    def _pump(self, events: _Events) -> None:
+        while (message := self.channel.receive()) is not None:
+            events.put((self, message))
+        events.put((self, _Exited()))
+
+    def send(self, message: object) -> bool:
+        """False when the worker is gone (its exit event is on its way)."""
+        try:
+            self.channel.send(message)
+        except OSError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """End the process now and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.channel.close()
+
+
+@dataclass
+class _Run:
+    """The parent's bookkeeping for one run: where each host went, who is overdue."""
+
+    number: int
+    hosts: Sequence[Host]
+    slot_of: list[int]
+    done: set[int] = field(default_factory=set)
+    taken: set[int] = field(default_factory=set)
+    started: dict[int, tuple[float, float]] = field(default_factory=dict)  # monotonic, wall
+
+    def finish(self, index: int) -> bool:
+        if index in self.done:
+            return False
+        self.done.add(index)
+        self.started.pop(index, None)
+        return True
+
+    def lose(self, indexes: Sequence[int], status: Status, message: str) -> list[HostResult]:
+        """The one way a host without a result from its worker gets one."""
+        lost = []
+        for index in indexes:
+            since, wall = self.started.get(index, (time.monotonic(), time.time()))
+            if self.finish(index):
+                lost.append(HostResult(self.hosts[index].name, status, error=message,
+                                       started=wall, duration=round(time.monotonic() - since, 6)))
+        return lost
+
+    def overdue(self, now: float) -> list[HostResult]:
+        lost = []
+        for index, (since, _) in list(self.started.items()):
+            host = self.hosts[index]
+            if not host.command_timeout:
+                continue
+            budget = (host.connect_timeout or 0) + host.command_timeout + _GRACE
+            if now - since > budget:
+                lost += self.lose([index], Status.TIMEOUT, f"no result {budget:g}s after start "
+                                  "(deadlines plus grace); the session was abandoned")
+        return lost
+
+
+class ProcessBackend:
+    """The default backend: worker processes started on first use, kept while options hold."""
+
+    def __init__(self, sizing: Plan | None = None, *, soft_cancel: bool = False) -> None:
+        """`soft_cancel`: cancelling drops the run's queued hosts but lets running
+        sessions end at their deadlines, keeping the workers and their connections
+        (the agent serves several clients on the same workers)."""
+        self._sizing = sizing
+        self._soft_cancel = soft_cancel
+        self._workers: dict[int, _Worker] = {}
+        self._setup: Setup | None = None
+        self._events: _Events = queue.SimpleQueue()
+        self._runs = 0
+        self._cancelled = threading.Event()
+
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+        """Run `job` on `hosts`; yield each result as its host finishes."""
+        self._cancelled.clear()
+        self._ensure_workers(hosts, job)
+        self._runs += 1
+        slots = sorted(self._workers)
+        run = _Run(self._runs, hosts, [
+            slots[zlib.crc32(h.name.encode()) % len(slots) if job.keep_connections
+                  else i % len(slots)] for i, h in enumerate(hosts)])
+        for slot in slots:
+            self._workers[slot].send(Skip(self._runs))  # drop what an earlier run left queued
+        for index, host in enumerate(hosts):
+            self._workers[run.slot_of[index]].send(
+                Work(run.number, index, host, job.command, job.keep_connections))
+        return self._results(run)
+
+    def _results(self, run: _Run) -> Iterator[HostResult]:
+        last_check = time.monotonic()
+        while len(run.done) < len(run.hosts) and not self._cancelled.is_set():
+            try:
+                worker, message = self._events.get(timeout=_POLL)
+            except queue.Empty:
+                pass
+            else:
+                if self._workers.get(worker.slot) is worker:  # not one ended earlier
+                    yield from self._handle(run, worker, message)
+            if time.monotonic() - last_check >= _POLL:
+                last_check = time.monotonic()
+                yield from run.overdue(last_check)
+
+    def _handle(self, run: _Run, worker: _Worker, message: object) -> Iterator[HostResult]:
+        if isinstance(message, _Exited):
+            del self._workers[worker.slot]
+            worker.kill()
+            mine = [i for i, s in enumerate(run.slot_of) if s == worker.slot and i not in run.done]
+            yield from run.lose([i for i in mine if i in run.taken], Status.ERROR,
+                                "its worker process died mid-run")
+            yield from run.lose(mine, Status.ERROR,
+                                "its worker process died before the host started")
+        elif isinstance(message, SetupFailed):
+            self.close()
+            raise ConfigError(message.message)
+        elif isinstance(message, Ready):
+            worker.ready = True
+        elif getattr(message, "run", None) != run.number:
+            return  # a late message about a host an earlier run gave up on
+        elif isinstance(message, Taken):
+            run.taken.add(message.index)
+            run.started[message.index] = (time.monotonic(), time.time())
+        elif isinstance(message, Started):
+            run.started[message.index] = (time.monotonic(), time.time())
+        elif isinstance(message, Finished) and run.finish(message.index):
+            yield message.result
+
+    def _ensure_workers(self, hosts: Sequence[Host], job: Job) -> None:
+        options = job.options
+        if self._setup is not None and self._setup.options != options:
+            self.close()  # new settings: new workers (keys and known_hosts reloaded)
+        if self._setup is None:
+            sizing = self._sizing or plan(max(1, len(hosts)), options)
+            preload = tuple(dict.fromkeys(p for h in hosts for p in h.key_files))
+            self._setup = Setup(options, sizing.threads_per_process,
+                                sizing.handshakes_per_process, preload)
+            self._count = sizing.processes
+        for slot in range(self._count):
+            worker = self._workers.get(slot)
+            if worker is not None and worker.process.poll() is not None:  # died between runs
+                worker.kill()
+                del self._workers[slot]
+            if slot not in self._workers:
+                self._workers[slot] = _Worker(slot, self._setup, self._events)
+
+    def cancel(self) -> None:
+        """Stop the run now: every worker is ended (kept connections go with them),
+        or, with `soft_cancel`, only the run's queued hosts are dropped."""
+        self._cancelled.set()
+        if self._soft_cancel:
+            for worker in list(self._workers.values()):
+                worker.send(Skip(self._runs + 1))
+        else:
+            self._kill_all()
+
+    def close(self) -> None:
+        """Close kept connections, stop the workers, wait for them."""
+        workers, self._workers, self._setup = self._workers, {}, None
+        for worker in workers.values():
+            worker.send(Stop())
+        deadline = time.monotonic() + _STOP_WAIT
+        for worker in workers.values():
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            worker.kill()
+
+    def _kill_all(self) -> None:
+        workers, self._workers, self._setup = self._workers, {}, None
+        for worker in workers.values():
+            worker.kill()

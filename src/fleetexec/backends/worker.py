@@ -1,0 +1,226 @@
+"""One process's share of a run: many sessions on threads, and the typed messages about them.
+
+`HostRunner` is used in the caller's process (`InProcessBackend`) and in each
+worker process of `ProcessBackend`, which runs `main()` here: it reads
+`Setup` and `Work` from its socket to the parent and answers with `Ready`,
+`Taken`, `Started` and `Finished` (or `SetupFailed`). Frames are
+length-prefixed pickles on a private socketpair between a parent and the
+child it started, never a socket anyone else can reach.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..exceptions import ConfigError
+from ..host import Host
+from ..options import Options
+from ..results import HostResult
+
+__all__ = [
+    "Channel", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip", "Started",
+    "Stop", "Taken", "Work",
+]
+
+
+# ---- messages, parent -> worker ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Load keys and known_hosts once; run up to `threads` sessions at a time."""
+
+    options: Options
+    threads: int
+    handshakes: int
+    preload_key_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Run `command` on `host` (host number `index` of run `run`)."""
+
+    run: int
+    index: int
+    host: Host
+    command: str
+    keep_connection: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Drop queued work of every run before `run` (an earlier run was abandoned)."""
+
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Close kept connections and exit."""
+
+
+# ---- messages, worker -> parent ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Set up; `pid` is the worker process."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetupFailed:
+    """The settings cannot work (an unreadable key, a wrong passphrase): nothing ran."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A session thread took the host: from now on, it may run."""
+
+    run: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The host's turn to connect came: its deadlines start now."""
+
+    run: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The host's result."""
+
+    run: int
+    index: int
+    result: HostResult
+
+
+Event = Ready | SetupFailed | Taken | Started | Finished
+
+
+class HostRunner:
+    """Runs `Work` on `threads` session threads against one `WorkerContext`."""
+
+    def __init__(self, setup: Setup, emit: Callable[[Event], object]) -> None:
+        from ..ssh.session import WorkerContext
+
+        self.context = WorkerContext(setup.options, setup.handshakes, setup.preload_key_files)
+        self._emit = emit
+        self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
+        self._skip_below = 0  # runs before this one were cancelled: drop their queued work
+        self._threads = [threading.Thread(target=self._loop, daemon=True)
+                         for _ in range(setup.threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, work: Work) -> None:
+        """Queue `work` for the next free session thread."""
+        self._inbox.put(work)
+
+    def cancel_before(self, run: int) -> None:
+        """Queued work of runs before `run` is dropped, not started."""
+        self._skip_below = run
+
+    def stop(self) -> None:
+        """Let the threads finish what they hold, then close the kept connections."""
+        for _ in self._threads:
+            self._inbox.put(None)
+        for thread in self._threads:
+            thread.join()
+        self.context.close_connections()
+
+    def _loop(self) -> None:
+        from ..ssh.session import run_on_host
+
+        while (work := self._inbox.get()) is not None:
+            if work.run < self._skip_below:
+                continue
+            self._emit(Taken(work.run, work.index))
+            result = run_on_host(work.host, work.command, self.context, work.keep_connection,
+                                 on_start=functools.partial(self._emit,
+                                                            Started(work.run, work.index)))
+            self._emit(Finished(work.run, work.index, result))
+
+
+class Channel:
+    """Length-prefixed pickle frames over a socket; `send` is safe from any thread."""
+
+    _HEADER = struct.Struct("!I")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader = sock.makefile("rb")
+        self._lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        """Send one message (raises `OSError` if the other end is gone)."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self.sock.sendall(self._HEADER.pack(len(data)) + data)
+
+    def receive(self) -> object | None:
+        """The next message, or None when the other end has gone."""
+        try:
+            header = self._reader.read(self._HEADER.size)
+            if len(header) < self._HEADER.size:
+                return None
+            data = self._reader.read(self._HEADER.unpack(header)[0])
+        except OSError:
+            return None
+        # Only our own parent or child holds the other end of this socketpair.
+        message: object = pickle.loads(data)  # noqa: S301
+        return message
+
+    def close(self) -> None:
+        """Close both directions."""
+        self._reader.close()
+        self.sock.close()
+
+
+def command_line(fd: int) -> list[str]:
+    """How a worker process is started: a safe path, never the caller's directory first."""
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe_path, "-m", "fleetexec.backends", str(fd)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """A worker process: serve the parent on the socket whose fd is `argv[0]`."""
+    # The parent owns Ctrl-C: it stops the run and ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = Channel(socket.socket(fileno=int((argv or sys.argv[1:])[0])))
+    setup = channel.receive()
+    if not isinstance(setup, Setup):
+        return
+    try:
+        runner = HostRunner(setup, channel.send)
+    except ConfigError as error:
+        channel.send(SetupFailed(str(error)))
+        return
+    channel.send(Ready(os.getpid()))
+    while True:
+        message = channel.receive()
+        if isinstance(message, Work):
+            runner.submit(message)
+        elif isinstance(message, Skip):
+            runner.cancel_before(message.run)
+        elif isinstance(message, Stop):
+            runner.stop()
+            return
+        else:  # the parent is gone: nobody is left to read our results
+            os._exit(0)
