@@ -46,6 +46,7 @@ ALIASES = {"df": "df -h", "sleep": "sleep 2", "10mib": OUT_10MIB}
 LABELS = {OUT_10MIB: "10 MiB output"}
 DEFAULT_COMMANDS = ["true", "df -h", "sleep 2", OUT_10MIB]
 PEERS = ["fleetexec-cli", "fleetexec-api", "asyncssh", "pssh", "xargs-ssh", "fabric"]
+BASELINE: list[str] = []  # --baseline: another fleetexec install's CLI, e.g. the last release
 PY_PEERS = {"fleetexec-api": ("peer_fleetexec_api.py", "fleetexec"),
             "asyncssh": ("peer_asyncssh.py", "asyncssh"), "pssh": ("peer_pssh.py", "pssh"),
             "fabric": ("peer_fabric.py", "fabric")}
@@ -92,8 +93,9 @@ class Fleet:
     def peer_argv(self, peer: str, n: int, command: str) -> list[str]:
         """The client command line of `peer` for N hosts."""
         sshd = self.sshd
-        if peer == "fleetexec-cli":
-            return [FLEETEXEC, "run", "-i", str(self.inventory(n)), "--no-system-known-hosts",
+        if peer in ("fleetexec-cli", "fleetexec-baseline"):
+            executable = FLEETEXEC if peer == "fleetexec-cli" else BASELINE[0]
+            return [executable, "run", "-i", str(self.inventory(n)), "--no-system-known-hosts",
                     "-o", "json", "-t", "120", "--connect-timeout", "60", "--", command]
         if peer == "xargs-ssh":
             ssh_options = [
@@ -242,7 +244,7 @@ def parse_outcome(peer: str, workdir: Path, total: int) -> tuple[int, Counter[st
                     text = re.sub(r"127\.\d+\.\d+\.\d+", "HOST", line[5:])
                     errors[" ".join(re.sub(r"@{3,}", "", text).split())[:200]] += 1
         return ok, errors
-    if peer == "fleetexec-cli":
+    if peer in ("fleetexec-cli", "fleetexec-baseline"):
         # The JSON can be ~1 GiB (1 MiB kept per host x 1000): stream it. With indent=2
         # every key is on its own line, and "error" is the last key of a host.
         ok, status = 0, None
@@ -406,6 +408,9 @@ def main() -> None:
     parser.add_argument("--no-skip", action="store_true",
                         help=f"also run Fabric/pssh with 10 MiB output at N>{BULK_MAX_N}")
     parser.add_argument("--json", metavar="FILE", help="write raw records (JSON lines)")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="another fleetexec executable (an older version) to compare, "
+                             "as peer fleetexec-baseline")
     parser.add_argument("--from-json", metavar="FILE", help="print the report of saved records")
     args = parser.parse_args()
     if args.from_json:
@@ -416,6 +421,10 @@ def main() -> None:
     args.n = [int(n) for n in _list(args.n)]
     args.commands = [ALIASES.get(c.lower(), c) for c in _list(args.commands or DEFAULT_COMMANDS)]
     args.peers = _list(args.peers)
+    if args.baseline:
+        BASELINE.append(args.baseline)
+        PEERS.append("fleetexec-baseline")
+        args.peers.append("fleetexec-baseline")
     if unknown := set(args.peers) - set(PEERS):
         parser.error(f"unknown peers {sorted(unknown)}; choose from {PEERS}")
     ok, why = is_available()

@@ -73,13 +73,18 @@ def classify(case: dict[str, Any]) -> tuple[str, set[str] | None]:
     return ("same hosts" if same else "DIFFERENT HOSTS"), ours
 
 
-def run(cases: list[dict[str, Any]]) -> tuple[Counter[str], Counter[str], list[str]]:
+def run(cases: list[dict[str, Any]]
+        ) -> tuple[Counter[str], Counter[str], list[str], dict[int, str]]:
+    """Counts of EXPAND_KINDS and FOLD_KINDS, a note per case that is not the
+    same, and each case's kind by its id."""
     expanded: Counter[str] = Counter()
     folded: Counter[str] = Counter()
     notes: list[str] = []
+    kinds: dict[int, str] = {}
     for case in cases:
         kind, ours = classify(case)
         expanded[kind] += 1
+        kinds[case["id"]] = kind
         if kind != "same hosts":
             notes.append(f"{kind}: {case['ref_pattern']!r} ({case['source']})")
             continue
@@ -94,7 +99,7 @@ def run(cases: list[dict[str, Any]]) -> tuple[Counter[str], Counter[str], list[s
             notes.append(f"fold does not expand back: {mine!r}")
         if len(mine) > len(theirs):
             notes.append(f"longer fold: {mine!r} vs nodeset -f {theirs!r}")
-    return expanded, folded, notes
+    return expanded, folded, notes, kinds
 
 
 def main() -> int:
@@ -105,7 +110,7 @@ def main() -> int:
         print(f"no conformance data at {VECTORS}", file=sys.stderr)
         return 2
     cases = load()
-    expanded, folded, notes = run(cases)
+    expanded, folded, notes, _ = run(cases)
     print(f"{len(cases)} ClusterShell cases ({sum(c['expect']['kind'] == 'set' for c in cases)} "
           f"sets, {sum(c['expect']['kind'] == 'error' for c in cases)} errors)")
     print("expand:")

@@ -392,7 +392,8 @@ def test_endless_output_does_not_extend_the_command_deadline() -> None:
 
 
 def test_huge_stdout_is_cut_at_the_cap_without_deadlock() -> None:
-    r = mock_run([MockHost("flood", fault=Fault.flood(64))], max_output=MIB, command_timeout=30)["flood"]
+    r = mock_run([MockHost("flood", fault=Fault.flood(64))], max_output=MIB,
+                 command_timeout=30)["flood"]
     assert r.status is Status.OK and r.exit_code == 0
     assert r.stdout == PATTERN * 16 and r.stdout_truncated  # the first MiB, exactly
     assert r.stderr == b"" and not r.stderr_truncated

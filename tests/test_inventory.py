@@ -6,6 +6,7 @@ import codecs
 import os
 import shlex
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -293,7 +294,6 @@ hosts:
         (("db",), ["db1", "db2", "db3", "dbx1"]),
         (("db*",), ["db1", "db2", "db3", "dbx1"]),
         (("web0?",), ["web01", "web02", "web03", "web04", "web05"]),
-        (("web0[13]",), ["web01", "web03"]),
         (("web[02-03]",), ["web02", "web03"]),
         (("web[01,05]",), ["web01", "web05"]),
         (("lb1,web[01,05],db1",), ["web01", "web05", "db1", "lb1"]),
@@ -321,7 +321,9 @@ def test_select(patterns: tuple[str, ...], expected: list[str]) -> None:
         (("!nope",), "<p>: no host or group matches '!nope'"),
         (("web9*",), "<p>: no host or group matches 'web9*'"),
         (("web[1-2]",), "<p>: no host or group matches 'web[1-2]'"),
-        (("web[1-x]",), "<p>: no host or group matches 'web[1-x]'"),
+        (("web[1-x]",), "<p>: bad term 'web[1-x]': bad range '[1-x]' in 'web[1-x]': "
+                        "use [1-5], [01-20], [1,3,7-9] or [1-9/2]"),
+        (("web0[13]",), "<p>: no host or group matches 'web0[13]'"),
         (("WEB01",), "<p>: no host or group matches 'WEB01'"),
         (("web[01-09]",), "<p>: 'web[01-09]' names hosts not in the inventory: web[06-09]"),
         (("empty",), "<p>: the selection 'empty' leaves no hosts"),
@@ -500,9 +502,12 @@ def test_recursive_alias_does_not_hang() -> None:
 
 
 def test_billion_laughs_is_refused_early() -> None:
-    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 12)]
+    lines = ["hosts:", "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 12)]
     assert "YAML aliases (*name) are not supported" in error("\n".join(lines))
+    # and at the top level, the unknown key comes first
+    assert error("a0: &a0 [x]\na1: [*a0, *a0]\n") == (
+        "inv.yaml:1: a0: unknown key; expected one of: defaults, groups, hosts")
 
 
 @pytest.mark.parametrize(
@@ -653,7 +658,8 @@ def test_bad_users(user: str) -> None:
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ("'web[1-x]'", "bad range '[1-x]' in 'web[1-x]': use [1-5], [01-20] or [1,3,7-9]"),
+        ("'web[1-x]'", "bad range '[1-x]' in 'web[1-x]': "
+                       "use [1-5], [01-20], [1,3,7-9] or [1-9/2]"),
         ("'web[3-1]'", "bad range '[3-1]' in 'web[3-1]': 3 > 1"),
         ("'web[1-3'", "unbalanced bracket in 'web[1-3'"),
         ("'w[1-200000]'", "'w[1-200000]' expands to more than 100000 names"),
@@ -703,8 +709,25 @@ def test_long_children_chain_is_fine_and_too_deep_is_an_error() -> None:
     assert error(deep + "  g5000: {}\n") == "inv.yaml: nested too deeply"
 
 
-def test_deeply_nested_yaml_is_an_error() -> None:
-    assert error("[" * 5000 + "]" * 5000) == "inv.yaml: nested too deeply"
+LOADERS = {"libyaml": getattr(yaml, "CSafeLoader", None), "python": yaml.SafeLoader}
+
+
+@pytest.fixture(params=list(LOADERS))
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with libyaml's parser (the default when PyYAML has it) and PyYAML's own."""
+    if LOADERS[request.param] is None:
+        pytest.skip("PyYAML is built without libyaml")
+    monkeypatch.setattr(inventory, "_LOADER", LOADERS[request.param])
+    return str(request.param)
+
+
+def test_deeply_nested_yaml_is_an_error(loader: str) -> None:
+    nested = "hosts:\n" + "".join("  " * i + "a:\n" for i in range(1, 40))
+    assert error(nested, dedent=False) == "inv.yaml:33: nested too deeply"
+    assert error("[" * 5000 + "]" * 5000) == {
+        "python": "inv.yaml:1: nested too deeply",
+        "libyaml": "inv.yaml:1: YAML syntax error: while increasing flow level; "
+                   "exceeded maximum nesting depth"}[loader]
 
 
 @pytest.mark.parametrize(
@@ -712,22 +735,33 @@ def test_deeply_nested_yaml_is_an_error() -> None:
     [
         ("hosts:\n\ta: {}\n", "inv.yaml:2: tab in indentation; indent YAML with spaces"),
         ("hosts:\n  a: {}\n \t\n", "inv.yaml:3: tab in indentation; indent YAML with spaces"),
-        ("hosts: [a\n", "inv.yaml:2: YAML syntax error: while parsing a flow sequence; "
-                        "expected ',' or ']', but got '<stream end>'"),
-        ("hosts:\n  a: {}\n b: 1\n", "inv.yaml:3: YAML syntax error: while parsing a block "
-                                     "mapping; expected <block end>, but found "
-                                     "'<block mapping start>'"),
+        ("hosts:\r\n  a: {}\r\n  \tb: {}\n", "inv.yaml:3: tab in indentation; "
+                                            "indent YAML with spaces"),
+        ("hosts: [a\n", {"python": "inv.yaml:2: YAML syntax error: while parsing a flow sequence; "
+                                   "expected ',' or ']', but got '<stream end>'",
+                         "libyaml": "inv.yaml:2: YAML syntax error: while parsing a flow sequence; "
+                                    "did not find expected ',' or ']'"}),
+        ("hosts:\n  a: {}\n b: 1\n", {
+            "python": "inv.yaml:3: YAML syntax error: while parsing a block mapping; expected "
+                      "<block end>, but found '<block mapping start>'",
+            "libyaml": "inv.yaml:3: YAML syntax error: while parsing a block mapping; did not "
+                       "find expected key"}),
         ("hosts: {a: 'x}\n", "inv.yaml:2: YAML syntax error: while scanning a quoted scalar; "
                              "found unexpected end of stream"),
-        ("a: 1\n---\nb: 2\n", "inv.yaml:2: YAML syntax error: expected a single document in the "
-                              "stream; but found another document"),
-        ("hosts: *nope\n", "inv.yaml:1: YAML syntax error: found undefined alias 'nope'"),
+        ("hosts: {}\n---\nhosts: {}\n", "inv.yaml:2: YAML syntax error: expected a single "
+                                       "document in the stream; but found another document"),
+        ("hosts: *nope\n", {"python": "inv.yaml:1: YAML syntax error: found undefined alias 'nope'",
+                            "libyaml": "inv.yaml:1: YAML syntax error: found undefined alias"}),
         ("hosts:\n  a\x07: {}\n", "inv.yaml:2: character U+0007 is not allowed in YAML"),
         ("x: 1\n\x00\n", "inv.yaml:2: character U+0000 is not allowed in YAML"),
+        ("hosts:\n  a\ufeffb: {}\n", "inv.yaml:2: character U+FEFF is not allowed in YAML"),
+        ("hosts: {a: \ud800}\n", "inv.yaml:1: character U+D800 is not allowed in YAML"),
     ],
 )
-def test_syntax_errors_carry_the_line(text: str, message: str) -> None:
-    assert error(text, dedent=False) == message
+def test_syntax_errors_carry_the_line(text: str, message: str | dict[str, str],
+                                      loader: str) -> None:
+    expected = message if isinstance(message, str) else message[loader]
+    assert error(text, dedent=False) == expected
 
 
 # --- files ---------------------------------------------------------------------------
@@ -786,6 +820,97 @@ def test_load_refuses_a_huge_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InventoryError) as info:
         load_inventory(path)
     assert str(info.value) == f"{path}: file is larger than 3 MiB"
+
+
+def test_a_file_over_4_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_bytes(b"#" * ((4 << 20) + 1))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value) == f"{path}: file is larger than 4 MiB"
+
+
+# --- the work a file can cause: refused where it starts, with file:line ---------------
+
+_LISTS = "- [" + ", ".join(["aaaa"] * 20) + "]\n"
+
+
+def _no_tree(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a YAML tree was built")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus:\n" + _LISTS * 30_000,
+         ":1: bogus: unknown key; expected one of: defaults, groups, hosts"),
+        ("hosts:\n  a:\nhost:\n" + _LISTS * 30_000,
+         ":3: host: unknown key (did you mean 'hosts'?); expected one of: defaults, groups, hosts"),
+        ("hosts: {}\npassword: [" + "x, " * 100_000 + "x]\n", f":2: password: {VAULT}"),
+    ],
+)
+def test_an_unknown_top_level_key_is_refused_before_any_tree_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str, text: str, message: str
+) -> None:
+    # Was: 29.5 s and 918 MB composing 4.3 MB of lists, then "unknown key".
+    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
+    path = tmp_path / "inv.yaml"
+    path.write_text(text)
+    assert len(text) < 4 << 20
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value) == f"{path}{message}"
+
+
+def test_too_many_yaml_nodes_are_refused_while_reading(monkeypatch: pytest.MonkeyPatch,
+                                                       loader: str) -> None:
+    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
+    monkeypatch.setattr(inventory, "_MAX_NODES", 100)
+    text = "groups:\n  g:\n    hosts:\n" + "".join(f"      - h{i}\n" for i in range(200))
+    # root, groups, {g}, g, {hosts}, hosts, [list]: the 101st node is the 94th item
+    assert error(text) == "inv.yaml:97: more than 100 YAML nodes (keys, values, list items)"
+
+
+def test_lists_under_a_known_key_stop_at_the_node_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
+    message = error("groups:\n  g:\n    hosts:\n" + ("    " + _LISTS) * 20_000, dedent=False)
+    assert message.startswith("inv.yaml:")
+    assert message.endswith(": more than 250000 YAML nodes (keys, values, list items)")
+
+
+def test_a_range_bomb_is_refused_by_the_names_it_makes() -> None:
+    # 128 bytes; was 12.7 s: the host cap counted distinct names, not the work.
+    text = "groups:\n" + "".join(f"  g{i}: {{hosts: ['h[1-99999]']}}\n" for i in range(4))
+    assert len(text) == 128
+    start = time.perf_counter()
+    assert error(text) == ("inv.yaml:4: groups.g2.hosts[0]: more than 250000 host names in all "
+                           "ranges and lists")
+    assert time.perf_counter() - start < 5  # a guard; about 0.3 s
+
+
+def test_names_are_counted_with_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "_MAX_NAMES", 10)
+    text = "groups:\n  a: {hosts: ['h[1-5]']}\n  b: {hosts: ['h[1-5]']}\n"
+    assert len(parse(text).hosts) == 5
+    assert error(text + "hosts:\n  h1:\n") == (
+        "inv.yaml:5: hosts: more than 10 host names in all ranges and lists")
+
+
+def test_a_membership_bomb_is_refused() -> None:
+    text = "groups:\n  base: {hosts: ['h[1-99999]']}\n" + "".join(
+        f"  t{i}: {{children: [base]}}\n" for i in range(10))
+    assert error(text) == ("inv.yaml:7: groups.t4: more than 500000 group memberships "
+                           "(hosts and groups, with children's counted in)")
+
+
+def test_children_of_children_count_as_memberships(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "_MAX_MEMBERSHIPS", 200)
+    text = ("groups:\n" + "".join(f"  x{i}:\n" for i in range(50))
+            + "  mid: {children: [" + ", ".join(f"x{i}" for i in range(50)) + "]}\n"
+            + "".join(f"  t{i}: {{children: [mid]}}\n" for i in range(10)))
+    # mid: 50, then each t adds 1 + 50: the third t crosses 200
+    assert error(text) == ("inv.yaml:55: groups.t2.children: more than 200 group memberships "
+                           "(hosts and groups, with children's counted in)")
 
 
 def test_more_than_100000_hosts_in_all_is_refused() -> None:

@@ -65,7 +65,7 @@ def _children(pid: int) -> list[int]:
 
 
 def worker_pids() -> list[int]:
-    """The worker processes of this test process: our children running fleetexec.backends."""
+    """This test process's workers: the child running fleetexec.backends and its forks."""
     workers = []
     for child in _children(os.getpid()):
         try:
@@ -73,7 +73,7 @@ def worker_pids() -> list[int]:
         except OSError:
             continue
         if b"fleetexec.backends" in cmdline.split(b"\0"):
-            workers.append(child)
+            workers += [child, *_children(child)]
     return workers
 
 
@@ -223,8 +223,8 @@ def test_bad_host_key_exceptions_become_plain_results_in_every_worker() -> None:
 def test_a_worker_killed_mid_run_fails_only_its_hosts(sshd: OpenSSHServer,
                                                          tmp_path: Path) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 8, "127.0.12.201")
-    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, command_timeout=20,
-                     **options)
+    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10,
+                     command_timeout=20, **options)
     busy = wait_for_busy_workers(sshd.port, want=2)
     victim = sorted(busy)[0]
     os.kill(victim, signal.SIGKILL)  # found above as a worker of this test's own pool
@@ -253,8 +253,8 @@ def test_a_host_lost_with_its_worker_still_says_when_it_started_and_how_long_it_
 ) -> None:
     hosts, options = sshd_hosts(sshd, tmp_path, 4, "127.0.12.211")
     began = time.time()
-    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10, command_timeout=20,
-                     **options)
+    run = Background(hosts, "sleep 2; echo fine", processes=2, connect_timeout=10,
+                     command_timeout=20, **options)
     busy = wait_for_busy_workers(sshd.port, want=2)
     time.sleep(0.3)
     victim = sorted(busy)[0]
@@ -277,8 +277,9 @@ def test_an_unguarded_script_runs_without_a_main_guard(sshd: OpenSSHServer, tmp_
     sshd.write_known_hosts(str(known_hosts), addresses)
     code = (
         "import fleetexec\n"
+        f"key = {str(sshd.client_key_path)!r}\n"
         f"hosts = [fleetexec.Host(f'h{{i}}', address=a, port={sshd.port}, user={sshd.user!r},\n"
-        f"         key_files=({str(sshd.client_key_path)!r},)) for i, a in enumerate({addresses!r})]\n"
+        f"         key_files=(key,)) for i, a in enumerate({addresses!r})]\n"
         f"result = fleetexec.run(hosts, 'echo ran', known_hosts=[{str(known_hosts)!r}],\n"
         "                       system_known_hosts=False)\n"
         "print(sum(r.stdout == b'ran\\n' for r in result.values()), result.exit_code)\n")

@@ -179,15 +179,15 @@ def test_render_table_excerpt_escapes_tab_and_ignores_crlf() -> None:
 def test_render_gathered_exact() -> None:
     assert render_gathered(MIXED) == "\n".join([
         "---------------- web[01-02] (2) ----------------",
-        "up 3 days",
-        "load 0.1",
+        "  up 3 days",
+        "  load 0.1",
         "---------------- web03 (1) ----------------",
         "status: failed, exit 1",
         "[stderr]",
-        "no such file\\x1b[2J",
+        "  no such file\\x1b[2J",
         "---------------- web04 (1) ----------------",
         "status: killed, signal KILL",
-        "x" * 100,
+        "  " + "x" * 100,
         "[stdout truncated]",
         "---------------- db1 (1) ----------------",
         "status: unreachable: connection refused",
@@ -200,12 +200,39 @@ def test_render_gathered_stdout_and_stderr_and_no_trailing_newline() -> None:
     assert render_gathered(fleet(r)) == "\n".join([
         "---------------- a1 (1) ----------------",
         "status: timeout: command timed out\\x1b[K after 5s",
-        "partial",
+        "  partial",
         "[stderr]",
-        "warn",
+        "  warn",
         "",
         "[stderr truncated]",
     ])
+
+
+FORGED = (b"real output\n---------------- web02 (1) ----------------\nall good\n"
+          b"status: ok\n[stderr]\n\r---------------- web09 (1) ----------------\n"
+          b"\x0b---------------- web08 (1) ----------------\n"
+          + "\u2028---------------- web07 (1) ----------------".encode())
+
+
+def test_render_gathered_output_cannot_forge_a_header() -> None:
+    liar = HostResult("web01", Status.OK, 0, stdout=FORGED, stderr=FORGED, duration=0.1)
+    text = render_gathered(fleet(liar, WEB03))
+    own = [line for line in text.split("\n") if line and not line.startswith("  ")]
+    assert own == [
+        "---------------- web01 (1) ----------------", "[stderr]",
+        "---------------- web03 (1) ----------------", "status: failed, exit 1", "[stderr]",
+    ]
+    assert "  ---------------- web02 (1) ----------------" in text.split("\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_render_gathered_only_its_own_lines_start_at_column_0(out: bytes, err: bytes) -> None:
+    r = HostResult("h1", Status.FAILED, 1, stdout=out, stderr=err, duration=0.1)
+    own = [line for line in render_gathered(fleet(r)).split("\n")
+           if line and not line.startswith("  ")]
+    assert own == ["---------------- h1 (1) ----------------", "status: failed, exit 1",
+                   *(["[stderr]"] if err else [])]
 
 
 # --- summary -------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """fleetexec through its Python API: ``fleetexec.run(inventory.select(), CMD, ...)``.
 
-The call must sit under ``if __name__ == "__main__":``: fleetexec's workers
-are started with forkserver, which re-imports this script in each worker.
+(No ``if __name__ == "__main__":`` guard is needed since 0.2; kept as plain style.)
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ def main() -> None:
     args = parse_args(__doc__ or "")
     inventory = fleetexec.load_inventory(args.inventory)
     result = fleetexec.run(
-        inventory.select(), args.command, system_known_hosts=False, timeout=120,
+        inventory.select(), args.command, system_known_hosts=False, command_timeout=120,
         connect_timeout=60,
     )
     errors: Counter[str] = Counter(

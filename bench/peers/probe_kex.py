@@ -39,7 +39,7 @@ def _paramiko(transport_class: type) -> str:
 
 
 def _fleetexec() -> str:
-    from fleetexec.ssh.session import _FleetTransport  # the transport class it really uses
+    from fleetexec.ssh.transport import FleetTransport as _FleetTransport  # what it uses
 
     return _paramiko(_FleetTransport)
 

@@ -54,15 +54,15 @@ def run(hosts: Hosts, command: str, options: Options | None = None, *,
         return session.run(command, on_result=on_result)
 
 
-def run_one(host: Host | str, command: str, options: Options | None = None,
-            **overrides: Any) -> HostResult:
+def run_one(host: Host | str, command: str, options: Options | None = None, *,
+            backend: Backend | None = None, **overrides: Any) -> HostResult:
     """Run `command` on one host and return its `HostResult`.
 
     >>> fleetexec.run_one("deploy@web1", "uptime").stdout_text
     """
     if not isinstance(host, str | Host):
         raise ConfigError(f"run_one takes one host, not {host!r}")
-    result = run([host], command, _options(options, overrides))
+    result = run([host], command, _options(options, overrides), backend=backend)
     if len(result) != 1:
         raise ConfigError(f"run_one takes one host, but {host!r} names {len(result)}")
     return next(iter(result.values()))

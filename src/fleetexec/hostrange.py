@@ -18,6 +18,7 @@ and ClusterShell's set operators (`!`, `&`, `^`) inside a range pattern.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Iterable
@@ -60,6 +61,8 @@ def expand(pattern: str) -> list[str]:
     Raises `ValueError` with a one-line reason for a malformed range, more
     than 16 ranges, or more than 100000 names.
     """
+    if any(c in pattern for c in "!&^"):  # ClusterShell's set operators: refused, not names
+        raise ValueError(f"'!', '&' and '^' are not allowed in a host range: {_short(pattern)}")
     if pattern.count("[") > _MAX_RANGES:
         raise ValueError(f"more than {_MAX_RANGES} ranges in {_short(pattern)}")
     pieces = _BRACKET.split(pattern)  # text, range, text, range, ..., text
@@ -137,7 +140,7 @@ def _runs(numbers: Iterable[str]) -> list[tuple[str, str]]:
     """Sorted numbers as contiguous runs `(first, last)`, each of one padding,
     so that `first-last` expands to exactly the run."""
     runs: list[tuple[str, str]] = []
-    for number in sorted(set(numbers), key=lambda n: (int(n), len(n))):
+    for number in sorted(set(numbers), key=lambda n: (len(n), int(n))):
         if runs and _continues(runs[-1], number):
             runs[-1] = (runs[-1][0], number)
         else:
@@ -161,21 +164,21 @@ def fold(names: Iterable[str]) -> str:
     is, and cannot be expanded back).
     """
     shapes: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-    parts: list[str] = []
+    parts: list[tuple[str, int, str]] = []  # sorted as nodeset does: by pattern, largest first
     for name in dict.fromkeys(names):
         pieces = _NUMBER.split(name)  # text, number, text, number, ..., text
         if len(pieces) == 1 or len(pieces) > 2 * _MAX_RANGES + 1 or any(c in name for c in "[],"):
-            parts.append(name)
+            parts.append((name, -1, name))
             continue
         shapes.setdefault(tuple(pieces[0::2]), []).append(tuple(pieces[1::2]))
     for texts, vectors in shapes.items():
         for box in _boxes(vectors):
             out = [texts[0]]
-            for numbers, text in zip(box, texts[1:]):
+            for numbers, text in zip(box, texts[1:], strict=True):
                 body = ",".join(a if a == b else f"{a}-{b}" for a, b in _runs(numbers))
                 out += [body if len(numbers) == 1 else f"[{body}]", text]
-            parts.append("".join(out))
-    return ",".join(sorted(parts))
+            parts.append(("%s".join(texts), -math.prod(map(len, box)), "".join(out)))
+    return ",".join(text for *_, text in sorted(parts))
 
 
 def _boxes(vectors: list[tuple[str, ...]]) -> list[tuple[frozenset[str], ...]]:

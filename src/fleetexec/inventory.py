@@ -7,13 +7,17 @@ key keeps its line number, and the YAML 1.1 typing traps (`port: 0022` is 18,
 `no` is False, `12:30` is 750) are refused with a "quote it" hint instead of
 being converted behind the user's back. Every problem is one `InventoryError`
 line: `file:line: dotted.key: expected …, got …`.
+
+The work a file can cause is bounded, not just its bytes (see `_MAX_*`): a pass
+over the YAML events, before any tree is built, refuses an unknown top-level
+key, too many nodes and deep nesting; host names from ranges and group
+memberships (children flattened) are counted as they are made.
 """
 
 from __future__ import annotations
 
 import codecs
 import difflib
-import fnmatch
 import math
 import os
 import re
@@ -44,8 +48,25 @@ _PORT = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)  # plain decimal: no 0022, 0x16
 _SECONDS = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?", re.ASCII)
 _BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks YAML counts lines by
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:\[\],-]+", re.ASCII)
+_SECTIONS = ("defaults", "groups", "hosts")
+# Bounds on the work a file can cause, each refused (file:line) where it is crossed,
+# so that a hostile inventory fails early instead of costing minutes and gigabytes.
+_MAX_BYTES = 4 << 20
+_MAX_NODES = 250_000  # YAML nodes (keys, values, list items); checked before any tree
+_MAX_DEPTH = 32  # YAML nesting; the format itself needs 5
 _MAX_HOSTS = 100_000  # hostrange's bound on one range, applied to the whole file
-_MAX_BYTES = 64 << 20
+_MAX_NAMES = 250_000  # host names produced by all ranges and lists, repeats counted
+_MAX_MEMBERSHIPS = 500_000  # (host or child group, group) pairs, children flattened
+_MAX_GLOBS = 1000  # patterns one glob term with ranges may expand to
+# libyaml, when PyYAML has it: 5-10 times faster than the pure-Python parser, which
+# is the fallback (a few syntax errors are worded differently); both are safe loaders.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RESOLVER: Any = yaml.resolver.Resolver()  # typeshed leaves `resolve` untyped
+# Refused before parsing, for one message and an exact line with either parser:
+# what YAML does not allow (PyYAML's set), and a BOM anywhere but at the start.
+_NOT_YAML = re.compile(r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd"
+                       r"\U00010000-\U0010ffff]")
+_TAB_INDENT = re.compile(r"(?:\A|\r\n|[\n\r\x85\u2028\u2029]) *\t")  # a tab in indentation
 Settings = dict[str, tuple[Any, int]]  # setting -> (checked value, line it came from)
 
 
@@ -69,9 +90,11 @@ class Inventory:
         """Return the hosts the patterns name, in inventory order, each once.
 
         A pattern is a comma list of terms; a term is a group, a host, a range
-        (`web[01-05]`: every name must exist) or a glob (`web*`); `!term`
-        excludes. No patterns, or only exclusions, start from every host.
-        Raises `InventoryError` when a term matches nothing or nothing is left.
+        (`web[01-05]`, `web[1-12/2]`: every name must exist) or a glob (`web*`,
+        `web[1-3]*`: brackets are always a range, never a character class);
+        `!term` excludes. No patterns, or only exclusions, start from every host.
+        Raises `InventoryError` naming the term when a term, included or
+        excluded, matches nothing or cannot be parsed, or when nothing is left.
         """
         if not self.hosts:
             raise InventoryError("no hosts in the inventory", path=self.path)
@@ -81,34 +104,56 @@ class Inventory:
             if term.startswith("!"):
                 exclude.update(self._match(term[1:], term))
             else:
-                include = (include or set()).union(self._match(term, term))
+                if include is None:
+                    include = set()
+                include.update(self._match(term, term))
         chosen = [h for n, h in self.hosts.items()
                   if (include is None or n in include) and n not in exclude]
         if not chosen:
-            raise InventoryError(f"the selection {','.join(patterns)!r} leaves no hosts",
+            raise InventoryError(f"the selection {_brief(','.join(patterns))} leaves no hosts",
                                  path=self.path)
         return chosen
 
-    def _match(self, term: str, shown: str) -> list[str]:
+    def _match(self, term: str, written: str) -> list[str]:
         if term in self.groups or term in self.hosts:
             return list(self.groups.get(term, [term]))
-        names: list[str] = []
+        shown = _brief(written)
         try:
-            expanded = hostrange.expand(term) if "[" in term else []
-        except ValueError:
-            expanded = []  # not a range: maybe a glob class such as `web[ab]`
-        missing = [n for n in expanded if n not in self.hosts and n not in self.groups]
-        # A range that silently ran on fewer hosts than written would hide a typo.
-        if missing and len(missing) < len(expanded) and not shown.startswith("!"):
-            raise InventoryError(f"{shown!r} names hosts not in the inventory: "
-                                 f"{hostrange.fold(missing)}", path=self.path)
-        for name in expanded:
-            names.extend(self.groups.get(name, [name] if name in self.hosts else []))
-        if not names and any(c in term for c in "*?["):  # `web0[13]`: no web013, so a glob
-            names = [n for n in self.hosts if fnmatch.fnmatchcase(n, term)]
+            # Never retried as something else: `web[1-12/2]` read as the fnmatch class
+            # `[1-12/2]` would select (or, after `!`, spare) hosts the user did not mean.
+            expanded = hostrange.expand(term)
+        except ValueError as exc:
+            raise InventoryError(f"bad term {shown}: {exc}", path=self.path) from None
+        if "*" in term or "?" in term:
+            if len(expanded) > _MAX_GLOBS:  # one regex alternative each: keep it cheap
+                raise InventoryError(f"{shown} expands to more than {_MAX_GLOBS} globs",
+                                     path=self.path)
+            glob = re.compile("|".join(map(_glob, expanded)))
+            names = [n for n in self.hosts if glob.fullmatch(n)]
+        else:
+            missing = [n for n in expanded if n not in self.hosts and n not in self.groups]
+            # A range that silently ran on fewer hosts than written would hide a typo.
+            if missing and len(missing) < len(expanded) and not written.startswith("!"):
+                folded = hostrange.fold(missing)
+                raise InventoryError(f"{shown} names hosts not in the inventory: "
+                                     f"{folded if len(folded) <= 200 else folded[:200] + '…'}",
+                                     path=self.path)
+            names = []
+            for name in expanded:
+                names.extend(self.groups.get(name, [name] if name in self.hosts else []))
         if not names:  # also for `!x`: a mistyped exclusion would run where it should not
-            raise InventoryError(f"no host or group matches {shown!r}", path=self.path)
+            raise InventoryError(f"no host or group matches {shown}", path=self.path)
         return names
+
+
+def _brief(text: str) -> str:
+    """`text` quoted for a one-line message, cut at 80 characters."""
+    return repr(text if len(text) <= 80 else text[:80] + "…")
+
+
+def _glob(pattern: str) -> str:
+    """A shell glob as a regex: `*` any text, `?` one character, all else literal."""
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
 
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
@@ -178,7 +223,7 @@ def hosts_from_targets(patterns: Iterable[str]) -> list[Host]:
 
 def _terms(pattern: str) -> list[str]:
     # Split on commas outside `[...]`, so `web[1,3],db1` is two terms.
-    terms = [t.strip() for t in re.split(r",(?![^\[\]]*\])", pattern)]
+    terms = hostrange.split(pattern)
     if any(t in ("", "!") for t in terms):
         raise InventoryError(f"empty term in host pattern {pattern!r}")
     return terms
@@ -187,6 +232,10 @@ def _terms(pattern: str) -> list[str]:
 def _join(parent: str, key: str) -> str:
     key = key if _SAFE_KEY.fullmatch(key) else repr(key)  # keeps messages on one line
     return f"{parent}.{key}" if parent else key
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark else None
 
 
 def _is_null(node: Node) -> bool:
@@ -217,6 +266,8 @@ class _Parser:
         self.gvars: dict[str, Settings] = {}
         self.children: dict[str, list[tuple[str, Node]]] = {}
         self.gkey: dict[str, Node] = {}
+        self.named = 0  # host names from ranges and lists so far, repeats counted
+        self.memberships = 0  # see `tally`
 
     def fail(self, where: Node | int | None, key: str | None, message: str) -> NoReturn:
         line = where.start_mark.line + 1 if isinstance(where, Node) else where
@@ -224,25 +275,26 @@ class _Parser:
 
     def parse(self, text: str) -> Inventory:
         text = text.removeprefix("\ufeff")
-        for number, line in enumerate(_BREAK.split(text), 1):
-            if "\t" in line[: len(line) - len(line.lstrip(" \t"))]:  # YAML's own message is cryptic
-                self.fail(number, None, "tab in indentation; indent YAML with spaces")
+        if found := _TAB_INDENT.search(text):  # YAML's own message is cryptic
+            self.fail(len(_BREAK.split(text[: found.end()])), None,
+                      "tab in indentation; indent YAML with spaces")
+        if found := _NOT_YAML.search(text):
+            self.fail(len(_BREAK.split(text[: found.start()])), None,
+                      f"character U+{ord(found.group()):04X} is not allowed in YAML")
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.scan(text)
+            root = yaml.compose(text, Loader=_LOADER)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join("; ".join(filter(None, [exc.context, exc.problem])).split())
             self.fail(mark.line + 1 if mark else None, None, f"YAML syntax error: {problem}")
-        except yaml.reader.ReaderError as exc:
-            line = len(_BREAK.split(text[: exc.position]))
-            self.fail(line, None, f"character U+{exc.character:04X} is not allowed in YAML")
         except yaml.YAMLError as exc:
             self.fail(None, None, f"YAML error: {' '.join(str(exc).split())}")
         if root is None or _is_null(root):
             return Inventory(self.path)
         self.check_tree(root)
         defaults: Settings = {}
-        for section, (_, node) in self.mapping(root, "", ("defaults", "groups", "hosts")).items():
+        for section, (_, node) in self.mapping(root, "", _SECTIONS).items():
             if section == "defaults":
                 defaults = self.settings(node, "defaults", _SETTINGS)
             elif section == "groups":
@@ -250,6 +302,35 @@ class _Parser:
             else:
                 self.hosts(node)
         return self.build(defaults)
+
+    def scan(self, text: str) -> None:
+        """Read the YAML events before any tree is built, refusing too many nodes,
+        too deep a nesting and an unknown top-level key where they start: a huge
+        subtree under `bogus:` is refused at its first line, not after being built."""
+        nodes = depth = 0
+        top = False  # the root is a mapping, whose keys are checked here
+        key = True  # the next node in the root mapping is a key: keys and values alternate
+        for event in yaml.parse(text, Loader=_LOADER):
+            if isinstance(event, yaml.NodeEvent):  # scalar, alias, list or mapping start
+                nodes += 1
+                if nodes > _MAX_NODES:
+                    self.fail(_line(event), None,
+                              f"more than {_MAX_NODES} YAML nodes (keys, values, list items)")
+                if top and depth == 1:
+                    if key and isinstance(event, yaml.ScalarEvent) and event.tag is None:
+                        # Only plain string keys: `on:` or `!!str x` get their own message later.
+                        tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
+                        if tag == _STR and event.value not in _SECTIONS:
+                            self.refuse_key(_line(event), _join("", event.value), event.value,
+                                            _SECTIONS)
+                    key = not key
+            if isinstance(event, yaml.CollectionStartEvent):
+                top = top or (not depth and isinstance(event, yaml.MappingStartEvent))
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    self.fail(_line(event), None, "nested too deeply")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
 
     def check_tree(self, root: Node) -> None:
         """Refuse non-standard tags and aliases anywhere, before reading any value."""
@@ -291,18 +372,23 @@ class _Parser:
             name = self.text(k, key, what)
             here = _join(key, name)
             if allowed is not None and name not in allowed:
-                if _SECRET.search(name):  # and never echo the value: it is the secret
-                    self.fail(k, here, _VAULT_HINT)
-                if name == "address":
-                    self.fail(k, here, "address can only be set on one host, under hosts:")
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(k, here, f"unknown key{hint}; expected one of: {', '.join(allowed)}")
+                self.refuse_key(k, here, name, allowed)
             if name in entries:
                 first = entries[name][0].start_mark.line + 1
                 self.fail(k, here, f"duplicate key (first on line {first})")
             entries[name] = (k, v)
         return entries
+
+    def refuse_key(self, where: Node | int | None, here: str, name: str,
+                   allowed: tuple[str, ...]) -> NoReturn:
+        """The error for key `name` (dotted path `here`), which is not one of `allowed`."""
+        if _SECRET.search(name):  # and never echo the value: it is the secret
+            self.fail(where, here, _VAULT_HINT)
+        if name == "address":
+            self.fail(where, here, "address can only be set on one host, under hosts:")
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.fail(where, here, f"unknown key{hint}; expected one of: {', '.join(allowed)}")
 
     def items(self, node: Node | None, key: str) -> list[Node]:
         if node is None or _is_null(node):
@@ -319,12 +405,17 @@ class _Parser:
             raise
         except ValueError as exc:
             self.fail(node, key, str(exc))
+        self.named += len(names)
+        if self.named > _MAX_NAMES:  # `_MAX_HOSTS` counts distinct names: not the work
+            self.fail(node, key, f"more than {_MAX_NAMES} host names in all ranges and lists")
         for name in names:
+            if name in self.order:  # checked when first seen
+                continue
             try:
                 check_hostname(name)
             except ValueError:
                 self.fail(node, key, f"expected a DNS name or IP address, got {name!r}")
-            self.order.setdefault(name, node.start_mark.line + 1)
+            self.order[name] = node.start_mark.line + 1
         if len(self.order) > _MAX_HOSTS:
             self.fail(node, key, f"more than {_MAX_HOSTS} hosts")
         return names
@@ -419,9 +510,20 @@ class _Parser:
                 if child in path:
                     cycle = " -> ".join([*path[path.index(child):], child])
                     self.fail(node, key, f"cycle in children: {cycle}")
-                found |= {child} | self.descendants(child, path, memo)
+                below = self.descendants(child, path, memo)
+                self.tally(node, key, 1 + len(below))
+                found.add(child)
+                found |= below
             memo[group] = found
         return memo[group]
+
+    def tally(self, where: Node, key: str, count: int) -> None:
+        """Count group memberships as they are worked out: children of children make
+        them grow fast (a few lines can make a group of every group, many times)."""
+        self.memberships += count
+        if self.memberships > _MAX_MEMBERSHIPS:
+            self.fail(where, key, f"more than {_MAX_MEMBERSHIPS} group memberships "
+                                  "(hosts and groups, with children's counted in)")
 
     def build(self, defaults: Settings) -> Inventory:
         below: dict[str, set[str]] = {}
@@ -433,6 +535,8 @@ class _Parser:
                 self.fail(self.gkey[group], "groups",
                           f"group {group!r} has the same name as a host; rename one")
             self.descendants(group, [], below)
+            self.tally(self.gkey[group], _join("groups", group), len(self.members[group])
+                       + sum(len(self.members[c]) for c in below[group]))
             flat = set(self.members[group]).union(*(self.members[c] for c in below[group]))
             groups[group] = tuple(sorted(flat, key=index.__getitem__))
             for name in groups[group]:

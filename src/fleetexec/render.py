@@ -171,9 +171,10 @@ def _status_line(r: HostResult) -> str:
     return f"{line}: {sanitize(r.error, single_line=True)}" if r.error else line
 
 
-def _block(data: bytes) -> list[str]:
-    text = sanitize(data)
-    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+def _indented(data: bytes) -> list[str]:
+    text = sanitize(data)  # the line breaks left are \n only: no lone CR, VT, FF, U+2028
+    lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    return [f"  {line}" if line else "" for line in lines]
 
 
 def render_gathered(result: FleetResult) -> str:
@@ -182,7 +183,9 @@ def render_gathered(result: FleetResult) -> str:
     Each block: a header `---------------- web[01-03] (3) ----------------`,
     a `status:` line unless the hosts are ok, the full stdout, then stderr
     under a `[stderr]` marker; `[stdout truncated]` / `[stderr truncated]`
-    say the output cap was hit. Largest group first.
+    say the output cap was hit. Largest group first. Every line of output is
+    indented by two spaces (an empty one stays empty), so only fleetexec's own
+    lines start at column 0: a host cannot print a header and forge a block.
     """
     lines: list[str] = []
     for names, r in result.gathered():
@@ -191,12 +194,12 @@ def render_gathered(result: FleetResult) -> str:
         if not r.ok:
             lines.append(_status_line(r))
         if r.stdout:
-            lines.extend(_block(r.stdout))
+            lines.extend(_indented(r.stdout))
         if r.stdout_truncated:
             lines.append("[stdout truncated]")
         if r.stderr:
             lines.append("[stderr]")
-            lines.extend(_block(r.stderr))
+            lines.extend(_indented(r.stderr))
         if r.stderr_truncated:
             lines.append("[stderr truncated]")
     return "\n".join(lines)

@@ -15,8 +15,10 @@ their deadlines plus a grace (`timeout`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import signal
 import socket
 import subprocess
 import threading
@@ -59,30 +61,45 @@ _Events = queue.SimpleQueue[tuple["_Worker", object]]
 
 
 class _Worker:
-    """One child process and the thread that turns its messages into events."""
+    """One worker process (a slot) and the thread that turns its messages into events."""
 
-    def __init__(self, slot: int, setup: Setup, events: _Events) -> None:
+    def __init__(self, slot: int, channel: Channel, process: subprocess.Popen[bytes] | None,
+                 events: _Events) -> None:
+        self.slot, self.channel, self.process = slot, channel, process
+        self.pid: int | None = process.pid if process is not None else None
+        self.ready = False
+        self.exited = threading.Event()
+        threading.Thread(target=self._pump, args=(events,), daemon=True).start()
+
+    @classmethod
+    def start(cls, slots: Sequence[int], setup: Setup, events: _Events) -> list[_Worker]:
+        """One process for the first slot, which forks the others once its imports are done."""
         import fleetexec
 
-        self.slot = slot
-        parent_end, child_end = socket.socketpair()
+        pairs = [socket.socketpair() for _ in slots]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(fleetexec.__file__)))
         env = dict(os.environ)
         # The child imports the same fleetexec as this process, wherever it came from.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
                                                           env.get("PYTHONPATH")]))
-        with child_end:
-            self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                command_line(child_end.fileno()), pass_fds=[child_end.fileno()], cwd="/",
-                env=env, stdin=subprocess.DEVNULL)
-        self.channel = Channel(parent_end)
-        self.ready = False
-        self.channel.send(setup)
-        threading.Thread(target=self._pump, args=(events,), daemon=True).start()
+        child_fds = [child.fileno() for _, child in pairs]
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+                command_line(child_fds), pass_fds=child_fds, cwd="/", env=env,
+                stdin=subprocess.DEVNULL)
+        finally:
+            for _, child in pairs:
+                child.close()
+        workers = [cls(slot, Channel(parent), process if i == 0 else None, events)
+                   for i, (slot, (parent, _)) in enumerate(zip(slots, pairs, strict=True))]
+        for worker in workers:
+            worker.send(setup)
+        return workers
 
     def _pump(self, events: _Events) -> None:
         while (message := self.channel.receive()) is not None:
             events.put((self, message))
+        self.exited.set()
         events.put((self, _Exited()))
 
     def send(self, message: object) -> bool:
@@ -94,10 +111,14 @@ class _Worker:
         return True
 
     def kill(self) -> None:
-        """End the process now and reap it."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        """End the process now. A forked worker also exits by itself once its socket closes."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+        elif self.pid is not None and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)  # our own worker, still connected
         self.channel.close()
 
 
@@ -200,7 +221,7 @@ class ProcessBackend:
             self.close()
             raise ConfigError(message.message)
         elif isinstance(message, Ready):
-            worker.ready = True
+            worker.ready, worker.pid = True, message.pid
         elif getattr(message, "run", None) != run.number:
             return  # a late message about a host an earlier run gave up on
         elif isinstance(message, Taken):
@@ -221,13 +242,14 @@ class ProcessBackend:
             self._setup = Setup(options, sizing.threads_per_process,
                                 sizing.handshakes_per_process, preload)
             self._count = sizing.processes
-        for slot in range(self._count):
-            worker = self._workers.get(slot)
-            if worker is not None and worker.process.poll() is not None:  # died between runs
+        for slot, worker in list(self._workers.items()):
+            if worker.exited.is_set():  # died between runs
                 worker.kill()
                 del self._workers[slot]
-            if slot not in self._workers:
-                self._workers[slot] = _Worker(slot, self._setup, self._events)
+        missing = [slot for slot in range(self._count) if slot not in self._workers]
+        if missing:
+            for worker in _Worker.start(missing, self._setup, self._events):
+                self._workers[worker.slot] = worker
 
     def cancel(self) -> None:
         """Stop the run now: every worker is ended (kept connections go with them),
@@ -245,11 +267,13 @@ class ProcessBackend:
         for worker in workers.values():
             worker.send(Stop())
         deadline = time.monotonic() + _STOP_WAIT
+        for worker in workers.values():  # the first waits for its forks before it exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if worker.process is not None:
+                    worker.process.wait(max(0.0, deadline - time.monotonic()))
+                else:
+                    worker.exited.wait(max(0.0, deadline - time.monotonic()))
         for worker in workers.values():
-            try:
-                worker.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             worker.kill()
 
     def _kill_all(self) -> None:

@@ -193,17 +193,42 @@ class Channel:
         self.sock.close()
 
 
-def command_line(fd: int) -> list[str]:
-    """How a worker process is started: a safe path, never the caller's directory first."""
+def command_line(fds: Sequence[int]) -> list[str]:
+    """How worker processes are started: a safe path, never the caller's directory first."""
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    return [sys.executable, *safe_path, "-m", "fleetexec.backends", str(fd)]
+    return [sys.executable, *safe_path, "-m", "fleetexec.backends", *map(str, fds)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """A worker process: serve the parent on the socket whose fd is `argv[0]`."""
+    """Serve one worker slot per socket fd in `argv`, one process each.
+
+    The heavy imports happen once, here; the other slots' processes are then
+    forked from this one before any thread exists (so forking is safe), which
+    costs a run one interpreter start-up, not one per worker.
+    """
     # The parent owns Ctrl-C: it stops the run and ends the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = Channel(socket.socket(fileno=int((argv or sys.argv[1:])[0])))
+    fds = [int(arg) for arg in (argv or sys.argv[1:])]
+    from ..ssh import session  # noqa: F401 - imported before forking, shared by every fork
+
+    children = []
+    for fd in fds[1:]:
+        pid = os.fork()
+        if pid == 0:
+            for other in fds:
+                if other != fd:
+                    os.close(other)
+            _serve(fd)
+            os._exit(0)
+        children.append(pid)
+        os.close(fd)
+    _serve(fds[0])
+    for pid in children:  # reaped here, so their CPU is accounted to our parent
+        os.waitpid(pid, 0)
+
+
+def _serve(fd: int) -> None:
+    channel = Channel(socket.socket(fileno=fd))
     setup = channel.receive()
     if not isinstance(setup, Setup):
         return

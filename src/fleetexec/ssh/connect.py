@@ -68,7 +68,6 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise Failure(
                 Status.ERROR, f"cannot record host key in {path}: {error.strerror}"
             ) from None
-        self.known.add(name, key)
 
 
 def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
@@ -174,8 +173,7 @@ def _handshake(
             client.get_host_keys().add(host.known_hosts_name, key_type, key)
     client.set_missing_host_key_policy(HostKeyPolicy(context, host, known))
     user = host.user or ""  # resolve() filled it
-    auth = FleetAuth(user, keys, context.agent_keys,
-                     options.password, options.require_strict_kex)
+    auth = FleetAuth(user, keys, context.agent_keys, options)
     remaining = max(0.001, alarm.deadline - time.monotonic())
     try:
         client.connect(
@@ -202,7 +200,7 @@ def _handshake(
                 Status.TIMEOUT, f"connect did not complete within {timeout:g}s"
             ) from None
         if isinstance(error, paramiko.AuthenticationException):
-            tried = len(auth.keys) + len(auth.agent_keys) + (auth.password is not None)
+            tried = len(auth.keys) + len(auth.agent_keys) + (options.password is not None)
             raise Failure(
                 Status.AUTH_FAILED,
                 f"authentication failed for user {user!r} ({tried} credential(s) tried)"

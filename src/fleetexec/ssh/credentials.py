@@ -16,7 +16,7 @@ import paramiko
 from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey, Password
 
 from ..exceptions import ConfigError
-from ..options import Secret, expand
+from ..options import Options, Secret, expand
 
 __all__ = ["FleetAuth", "WeakKeyExchange", "load_private_key"]
 
@@ -60,19 +60,19 @@ class FleetAuth(AuthStrategy):
 
     def __init__(
         self, username: str, keys: Sequence[paramiko.PKey], agent_keys: Sequence[paramiko.PKey],
-        password: Secret | None, require_strict_kex: bool = False,
+        options: Options,
     ) -> None:
         super().__init__(ssh_config=paramiko.SSHConfig())
-        self.require_strict_kex = require_strict_kex
+        self.options = options
         self.username = username
         self.keys = keys
         self.agent_keys = agent_keys
-        self.password = password
 
     def authenticate(self, transport: paramiko.Transport) -> list[Any]:
         # The last moment before any credential leaves: the host key is verified
         # and the key exchange is done, so this is where a weak peer is refused.
-        if self.require_strict_kex and not getattr(transport, "agreed_on_strict_kex", False):
+        if self.options.require_strict_kex and not getattr(transport, "agreed_on_strict_kex",
+                                                             False):
             raise WeakKeyExchange(
                 "server does not offer strict key exchange (Terrapin, CVE-2023-48795); "
                 "refused by --require-strict-kex")
@@ -81,6 +81,5 @@ class FleetAuth(AuthStrategy):
     def get_sources(self) -> Iterator[AuthSource]:
         for key in [*self.keys, *self.agent_keys]:
             yield InMemoryPrivateKey(self.username, key)
-        if self.password is not None:
-            secret = self.password
-            yield Password(self.username, password_getter=secret.reveal)
+        if self.options.password is not None:
+            yield Password(self.username, password_getter=self.options.password.reveal)

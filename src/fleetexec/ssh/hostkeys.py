@@ -101,10 +101,6 @@ class KnownHosts:
         key_b64 = key.get_base64()
         return key_b64 not in self.revoked and any(b == key_b64 for _, b in self.lookup(name))
 
-    def add(self, name: str, key: paramiko.PKey) -> None:
-        """Remember a key learnt during this run (accept-new)."""
-        self.plain.setdefault(name.lower(), []).append((key.get_name(), key.get_base64()))
-
 
 def to_pkey(key_type: str, key_b64: str) -> paramiko.PKey | None:
     """A paramiko public key from a known_hosts entry, or None if unusable."""

@@ -2,8 +2,9 @@
 
 `run_on_host` never raises: every failure becomes a `Status` and a one-line,
 secret-free message. Runs inside worker processes; `WorkerContext` holds what
-is done once per process (known_hosts parsed, keys loaded, the watchdog, the
-slots that pace handshakes and heavy reads, connections kept for reuse).
+is done once per process (known_hosts parsed and keys loaded, both again
+when their files change; the watchdog, the slots that pace handshakes and
+heavy reads, connections kept for reuse).
 The steps live beside this module: `connect`, `command`, `transport`.
 """
 
