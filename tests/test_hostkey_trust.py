@@ -11,6 +11,8 @@
 5. No credential reaches a host whose key was refused (cases 1-3).
 8. accept-new appends like OpenSSH: in place, as bytes, to a symlink's target,
    losing nothing another writer appends meanwhile.
+9. known_hosts host patterns (`*`, `?`, `!negation`, `[host*]:port`) match as
+   in OpenSSH: a host a wildcard line covers is known, not new.
 
 Real sshd hosts here are 127.0.23.x; in-process recording servers 127.23.0.x
 (and 127.0.0.1, for `LOCALHOST`).
@@ -40,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fleetexec
 from fleetexec import Host, Status
-from fleetexec.ssh.hostkeys import HostKeyConflict, record_host_key
+from fleetexec.ssh.hostkeys import HostKeyConflict, KnownHosts, record_host_key
 from fleetexec.testing.sshd import OpenSSHServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -514,3 +516,117 @@ def test_8_forty_recorders_and_forty_plain_appends_at_once_leave_eighty_lines(
     names = {line.split()[0] for line in lines}
     assert names == ({f"[127.0.{t}.{i}]:22" for t in range(1, 5) for i in range(1, 11)}
                      | {f"plain{i}.example" for i in range(40)})
+
+
+# ---- 9. host patterns match as in OpenSSH -------------------------------------------------------
+
+
+def known_from(text: str) -> KnownHosts:
+    known = KnownHosts()
+    for line in text.splitlines():
+        known._add_line(line)
+    return known
+
+
+@pytest.mark.parametrize(("names", "host", "applies"), [
+    ("*.example.com", "web1.example.com", True),
+    ("*.example.com", "example.com", False),
+    ("*.example.com", "WEB1.Example.COM", True),  # the name is lower-cased
+    ("*.EXAMPLE.com", "web1.example.com", True),  # and so is the pattern
+    ("web?", "web1", True),
+    ("web?", "web", False),
+    ("web?", "web12", False),
+    ("w*b*1", "web-db-1", True),
+    ("[10.0.0.*]:2222", "[10.0.0.7]:2222", True),  # `[` is literal, not a character class
+    ("[10.0.0.*]:2222", "[10.0.0.7]:22", False),
+    ("[10.0.0.*]:2222", "10.0.0.7", False),
+    ("10.0.0.*", "[10.0.0.7]:2222", False),  # matched as written: the port form is not stripped
+    ("*", "[10.0.0.7]:2222", True),
+    ("*.example.com,!bastion.example.com", "web1.example.com", True),
+    ("*.example.com,!bastion.example.com", "bastion.example.com", False),
+    ("!bastion.example.com,*.example.com", "BASTION.example.com", False),
+    ("web1.example.com,!*.example.com", "web1.example.com", False),  # vetoes the exact name too
+    ("!bastion.example.com", "web1.example.com", False),  # no positive pattern
+])
+def test_9_known_hosts_patterns_match_like_openssh(names: str, host: str, applies: bool) -> None:
+    k1 = public_line()
+    found = known_from(f"{names} {k1}\n").lookup(host)
+    assert found == ([tuple(k1.split()[:2])] if applies else [])
+
+
+def test_9_exact_names_stay_in_the_dict_and_pattern_lines_are_kept_apart() -> None:
+    k1, k2, k3 = public_line(), public_line(), public_line()
+    known = known_from(f"web1,WEB2 {k1}\nweb* {k2}\n{hashed('web*', k3).strip()}\n")
+    assert set(known.plain) == {"web1", "web2"}
+    assert [names for names, _, _ in known.patterns] == [("web*",)]
+    assert [b for _, b in known.lookup("web1")] == [k1.split()[1], k2.split()[1]]
+    assert [b for _, b in known.lookup("web3")] == [k2.split()[1]]
+    # A hashed name is an exact hash: `web*` hashed matches the literal name only.
+    assert sorted(b for _, b in known.lookup("web*")) == sorted([k2.split()[1], k3.split()[1]])
+    assert known.trusts("webx", pkey(k2)) and not known.trusts("webx", pkey(k1))
+
+
+def test_9_revoked_lines_with_patterns_keep_their_meaning() -> None:
+    k1, k2 = public_line(), public_line()
+    known = known_from(f"@revoked * {k1}\n@revoked db1,db* {k2}\n@cert-authority * {k2}\n")
+    assert known.revoked == {k1.split()[1], k2.split()[1]}
+    assert known.lookup("web1") == []  # `@revoked *` does not make every host known
+    assert known.lookup("db2") == []
+    assert [b for _, b in known.lookup("db1")] == [k2.split()[1]]  # its literal names are known
+    assert not known.trusts("db1", pkey(k2))
+
+
+def test_9_record_host_key_sees_wildcard_lines(tmp_path: Path) -> None:
+    k1, k2 = public_line(), public_line()
+    known = tmp_path / "known_hosts"
+    contents = f"[10.0.0.*]:2222,![10.0.0.9]:2222 {k1}\n"
+    known.write_text(contents)
+    assert record_host_key(str(known), "[10.0.0.5]:2222", pkey(k1)) is False
+    with pytest.raises(HostKeyConflict, match="has ssh-ed25519 SHA256:"):
+        record_host_key(str(known), "[10.0.0.5]:2222", pkey(k2))
+    assert known.read_text() == contents
+    assert record_host_key(str(known), "[10.0.0.9]:2222", pkey(k2)) is True  # negated: new
+    assert known.read_text() == contents + f"[10.0.0.9]:2222 {k2}\n"
+
+
+def test_9_strict_trusts_a_host_known_only_through_a_wildcard_line(
+    sshd: OpenSSHServer, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.23.*]:{sshd.port} {sshd.host_public_key}\n")
+    result = fleetexec.run([real_host(sshd, "h1", "127.0.23.21")], "echo fine",
+                           known_hosts=[str(known)], system_known_hosts=False,
+                           host_key_policy="strict", connect_timeout=5)
+    assert (result["h1"].status, result["h1"].stdout) == (Status.OK, b"fine\n"), result["h1"].error
+
+
+@pytest.mark.parametrize("same_key", [True, False])
+def test_9_accept_new_treats_a_wildcard_line_as_an_entry_for_the_host(
+    sshd: OpenSSHServer, tmp_path: Path, same_key: bool
+) -> None:
+    known = tmp_path / "known_hosts"
+    contents = f"[127.0.23.*]:{sshd.port} {sshd.host_public_key if same_key else public_line()}\n"
+    known.write_text(contents)
+    marker = tmp_path / "ran"
+    result = fleetexec.run([real_host(sshd, "h1", "127.0.23.22")], ran_marker(marker),
+                           known_hosts=[str(known)], system_known_hosts=False,
+                           host_key_policy="accept-new", connect_timeout=5)
+    r = result["h1"]
+    if same_key:
+        assert r.status is Status.OK, r.error
+    else:
+        assert r.status is Status.HOSTKEY_CHANGED, r.error
+        assert "HOST KEY CHANGED" in (r.error or "")
+        assert not marker.exists()
+    assert known.read_text() == contents  # not "new": nothing recorded either way
+
+
+def test_9_a_negated_pattern_excludes_the_host(sshd: OpenSSHServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.23.*]:{sshd.port},![127.0.23.24]:{sshd.port} "
+                     f"{sshd.host_public_key}\n")
+    hosts = [real_host(sshd, "excluded", "127.0.23.24"), real_host(sshd, "covered", "127.0.23.25")]
+    result = fleetexec.run(hosts, "echo fine", known_hosts=[str(known)], system_known_hosts=False,
+                           host_key_policy="strict", connect_timeout=5)
+    assert result["excluded"].status is Status.HOSTKEY_UNKNOWN, result["excluded"].error
+    assert result["covered"].status is Status.OK, result["covered"].error

@@ -32,11 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .backends import Job
+from .backends import Job, Output
 from .exceptions import ConfigError, FleetError
 from .host import Host
 from .options import Options
@@ -138,7 +138,7 @@ class AgentBackend:
         self._conn: socket.socket | None = None
         self.notes: list[str] = []  # directories skipped for the socket, for the user
 
-    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Send the job to the agent; yield each result as the agent forwards it."""
         if job.options.use_agent:
             raise ConfigError("--use-agent cannot be combined with --persist")
@@ -146,11 +146,11 @@ class AgentBackend:
         self.notes = [f"{reason}; the agent uses {path.parent} instead" for reason in skipped]
         conn = self._conn = _connect_or_spawn(path, self.idle)
         _send(conn, {"type": "run", "command": job.command, "options": job.options.to_json(),
-                     "secrets": job.options.secrets(),
+                     "secrets": job.options.secrets(), "stream_output": job.stream_output,
                      "hosts": [_encode_host(h) for h in hosts]})
         return self._results(conn, [h.name for h in hosts])
 
-    def _results(self, conn: socket.socket, names: list[str]) -> Iterator[HostResult]:
+    def _results(self, conn: socket.socket, names: list[str]) -> Iterator[HostResult | Output]:
         pending = set(names)
         try:
             for line in conn.makefile("rb"):
@@ -159,6 +159,9 @@ class AgentBackend:
                     result = _decode_result(message["result"])
                     pending.discard(result.host)
                     yield result
+                elif message["type"] == "output":
+                    yield Output(message["host"], "stderr" if message["stream"] == "stderr"
+                                 else "stdout", base64.b64decode(message["data"]))
                 elif message["type"] == "error":
                     raise ConfigError(message["message"])
                 elif message["type"] == "end":
@@ -220,13 +223,13 @@ def _connect_or_spawn(path: Path, idle: float) -> socket.socket:
     # No secret in the agent's environment: it outlives this run.
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    log = open(path.parent / "agent.log", "ab")  # noqa: SIM115 - handed to the child
-    with log:
-        subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+    with open(path.parent / "agent.log", "ab") as log:
+        # The agent detaches itself (it forks and this child exits), so waiting here is brief.
+        subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
             [sys.executable, *safe_path, "-m", "fleetexec.agent", "--socket", str(path),
-             "--idle", str(idle)],
+             "--idle", str(idle), "--detach"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            cwd="/", env=env,
+            cwd="/", env=env, check=False, timeout=_SPAWN_WAIT,
         )
     deadline = time.monotonic() + _SPAWN_WAIT
     while True:
@@ -348,6 +351,8 @@ class _Agent:
         from .backends.process import ProcessBackend
 
         options = Options.from_json(request.get("options", {}), request.get("secrets"))
+        # The client's session runs the batches; here each request is one batch.
+        options = options.replace(batch=None, max_fail=None, fail_fast=False)
         hosts = [_decode_host(h) for h in request["hosts"]]
         with self.lock:
             self.active += 1
@@ -361,13 +366,23 @@ class _Agent:
             with engine_lock:  # one run at a time per engine
                 if hangup.running():  # False if the client left while it waited
                     result = session.run(request["command"], on_result=lambda r: _send(
-                        conn, {"type": "result", "result": _encode_result(r)}))
+                        conn, {"type": "result", "result": _encode_result(r)}),
+                        on_output=_forward_output(conn) if request.get("stream_output")
+                        else None)
                     hangup.finished()
                     _send(conn, {"type": "end", "interrupted": result.interrupted})
         finally:
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
+
+
+def _forward_output(conn: socket.socket) -> Callable[[Output], None]:
+    def forward(output: Output) -> None:
+        _send(conn, {"type": "output", "host": output.host, "stream": output.stream,
+                     "data": base64.b64encode(output.data).decode()})
+
+    return forward
 
 
 class _Hangup:
@@ -404,7 +419,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fleetexec-agent")
     parser.add_argument("--socket", type=Path, default=None)
     parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--detach", action="store_true",
+                        help="fork and let the starting process return at once")
     args = parser.parse_args(argv)
+    if args.detach and os.fork() > 0:  # before any thread exists
+        os._exit(0)
     _Agent(args.socket or socket_path(), args.idle).serve()
 
 

@@ -8,13 +8,14 @@ session decides what a lost or interrupted host means.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .backends import Backend, Job
+from .backends import Backend, Job, Output
 from .exceptions import ConfigError
 from .host import Host
 from .options import Options
@@ -24,6 +25,16 @@ from .results import Collector, FleetResult, HostResult, OnResult, Status
 __all__ = ["FleetSession", "run", "run_one"]
 
 Hosts = Iterable[Host | str] | Host | str
+OnOutput = Callable[[Output], object]
+
+
+def _count(value: int | str | None, total: int) -> int | None:
+    """`N` or `N%` of `total` (a percentage rounds up, at least 1)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return max(1, math.ceil(total * float(value.rstrip("%")) / 100))
+    return value
 
 
 def _options(options: Options | None, overrides: dict[str, Any]) -> Options:
@@ -95,25 +106,27 @@ class FleetSession:
         self._keep = keep_connections
         self._cancelled = False
 
-    def run(self, command: str, *, on_result: OnResult | None = None) -> FleetResult:
+    def run(self, command: str, *, on_result: OnResult | None = None,
+            on_output: OnOutput | None = None) -> FleetResult:
         """Run `command` on every host; return when all have finished (see `fleetexec.run`).
 
+        `on_result` sees each `HostResult` as its host finishes, `on_output`
+        each chunk of output as it arrives (`Output(host, stream, data)`).
         Ctrl-C stops the run: hosts not finished are `interrupted` and the
         result has `interrupted=True`.
         """
         begin = time.monotonic()
         collector = Collector([h.name for h in self.hosts], on_result)
-        interrupted = False
         try:
-            for result in self._start(command):
+            for result in self._results(command, on_output):
                 collector.add(result)
         except KeyboardInterrupt:
             self.cancel()
-        interrupted = self._cancelled
         self._fill_pending(collector)
-        return collector.result(round(time.monotonic() - begin, 6), interrupted)
+        return collector.result(round(time.monotonic() - begin, 6), self._cancelled)
 
-    def stream(self, command: str) -> Iterator[HostResult]:
+    def stream(self, command: str, *, on_output: OnOutput | None = None,
+               ) -> Iterator[HostResult]:
         """Run `command`; yield each host's `HostResult` as it finishes.
 
         Leaving the loop early cancels the hosts not yet finished.
@@ -124,7 +137,7 @@ class FleetSession:
         collector = Collector([h.name for h in self.hosts])
         finished = False
         try:
-            for result in self._start(command):
+            for result in self._results(command, on_output):
                 if collector.add(result):
                     yield result
             finished = True
@@ -144,13 +157,33 @@ class FleetSession:
         """Close every kept connection and release the backend's processes."""
         self.backend.close()
 
-    def _start(self, command: str) -> Iterator[HostResult]:
+    def _results(self, command: str, on_output: OnOutput | None) -> Iterator[HostResult]:
+        """Every host's result, batch after batch; hosts after too many failures are skipped."""
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("the command is empty")
         self._cancelled = False
-        if not self.hosts:
-            return iter(())
-        return self.backend.start(self.hosts, Job(command, self.options, self._keep))
+        job = Job(command, self.options, self._keep, stream_output=on_output is not None)
+        total = len(self.hosts)
+        size = _count(self.options.batch, total) or total
+        limit = 0 if self.options.fail_fast else _count(self.options.max_fail, total)
+        failures = 0
+        for first in range(0, total, max(1, size)):
+            batch = self.hosts[first:first + size]
+            if limit is not None and failures > limit:
+                reason = (f"not started: {failures} host(s) had failed, more than the "
+                          f"{'--fail-fast' if self.options.fail_fast else '--max-fail'} limit "
+                          f"of {limit}")
+                yield from (HostResult(h.name, Status.SKIPPED, error=reason) for h in batch)
+                continue
+            for event in self.backend.start(batch, job):
+                if isinstance(event, Output):
+                    if on_output is not None:
+                        on_output(event)
+                    continue
+                failures += not event.ok
+                yield event
+            if self._cancelled:
+                return
 
     def _fill_pending(self, collector: Collector) -> None:
         # The one place a host without a result gets one: the run was stopped, or

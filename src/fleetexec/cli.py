@@ -16,7 +16,7 @@ import click
 
 from .exceptions import FleetError, InventoryError
 from .host import Host
-from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult, HostResult
+from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -74,6 +74,25 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
         return int(number) * _SIZE_SUFFIXES[suffix]
 
 
+class _CountOrPercent(click.ParamType):  # type: ignore[type-arg]
+    """`5` or `20%`."""
+
+    name = "N|N%"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if text.endswith("%"):
+            return text
+        if not text.isdigit() or int(text) < self.minimum:
+            self.fail(f"{value!r}: use a count >= {self.minimum} or a percentage like 20%",
+                      param, ctx)
+        return int(text)
+
+
 def _help(field: str) -> str:
     from .options import Options
 
@@ -107,8 +126,13 @@ _RUN_FLAGS = [
     click.option("-A", "--use-agent", is_flag=True, help=_help("use_agent")),
     click.option("-P", "--parallel", type=click.IntRange(min=1), help=_help("parallel")),
     click.option("--processes", type=click.IntRange(min=1), help=_help("processes")),
+    click.option("--batch", type=_CountOrPercent(1), metavar="N|N%", help=_help("batch")),
+    click.option("--max-fail", type=_CountOrPercent(0), metavar="N|N%",
+                 help=_help("max_fail")),
+    click.option("--fail-fast", is_flag=True, help=_help("fail_fast")),
 ]
 _SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase"}
+_FORMATS = ["table", "gathered", "json", "jsonl", "stream"]
 
 
 def _selection_options(function: Any) -> Any:
@@ -194,7 +218,8 @@ def main() -> None:
 @_selection_options
 @_run_options
 @click.option("-o", "--format", "output_format", default="table", show_default=True,
-              type=click.Choice(["table", "gathered", "json", "jsonl"]))
+              type=click.Choice(_FORMATS),
+              help="stream: `host: line` as output arrives, then the summary.")
 @click.option("--ask-password", is_flag=True,
               help="Prompt once for a password (or set FLEETEXEC_PASSWORD).")
 @click.option("--ask-passphrase", is_flag=True,
@@ -205,7 +230,9 @@ def main() -> None:
 @click.option("--persist-idle", default=600.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(min=1), help="The agent exits after this long unused.")
 @click.option("--progress/--no-progress", default=None,
-              help="A line per finished host on stderr [on when stderr is a terminal].")
+              help="A progress bar on a terminal (a line per finished host when stderr is "
+                   "not one) [on when stderr is a terminal, except with -o stream].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.pass_context
 def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND on the selected hosts: fleetexec run [SELECTION...] [OPTIONS] -- COMMAND
@@ -232,37 +259,30 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
 
         backend = AgentBackend(idle=opts["persist_idle"])
     result = _execute(hosts, " ".join(command_words), options, backend,
-                      opts["output_format"], opts["progress"])
+                      opts["output_format"], opts["progress"], opts["quiet"])
     sys.exit(result.exit_code)
 
 
 def _execute(
     hosts: list[Host], command: str, options: Options, backend: Backend | None,
-    output_format: str, progress: bool | None,
+    output_format: str, progress: bool | None, quiet: bool = False,
 ) -> FleetResult:
     from . import render
     from .api import FleetSession
+    from .console import Console
 
-    if progress is None:
-        progress = sys.stderr.isatty() and output_format in ("table", "gathered")
-    width = max(len(h.name) for h in hosts)
-    done = [0]
-
-    def on_result(result: HostResult) -> None:
-        done[0] += 1
-        if output_format == "jsonl":
-            click.echo(render.render_jsonl_line(result))
-        if progress:
-            line = render.render_progress_line(result, host_width=width)
-            click.echo(f"[{done[0]}/{len(hosts)}] {line}", err=True)
-
+    console = Console(hosts, output_format, progress, quiet)
     # SIGTERM stops the run the way Ctrl-C does: partial results, no orphans.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with FleetSession(hosts, options, backend=backend, keep_connections=False) as session:
-            result = session.run(command, on_result=on_result)
+            result = session.run(command, on_result=console.on_result,
+                                 on_output=console.on_output if output_format == "stream"
+                                 else None)
     except FleetError as error:
+        console.close()
         _fail(str(error))
+    console.close()
     for note in getattr(backend, "notes", ()):
         click.echo(f"fleetexec: note: {note}", err=True)
     if output_format == "table":
@@ -275,6 +295,10 @@ def _execute(
         for piece in render.iter_json(result):
             click.echo(piece, nl=False)
         click.echo()
+    elif output_format == "stream":
+        for failed in result.failed.values():  # what the lines could not say
+            click.echo(render.render_progress_line(failed))
+        click.echo(render.render_summary(result))
     else:
         click.echo(render.render_summary(result), err=True)
     return result
@@ -300,7 +324,7 @@ def hosts(selection: tuple[str, ...], **opts: Any) -> None:
 @click.option("-n", "--hosts", "count", default=5, show_default=True,
               type=click.IntRange(1, 200), help="Mock hosts to start.")
 @click.option("-o", "--format", "output_format", default="table", show_default=True,
-              type=click.Choice(["table", "gathered", "json", "jsonl"]))
+              type=click.Choice(_FORMATS))
 @click.argument("command", nargs=-1)
 def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
     """Start a local mock fleet on loopback and run COMMAND on it [df -h].

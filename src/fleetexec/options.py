@@ -94,6 +94,11 @@ class Options:
     parallel: int | None = _setting(
         None, "Sessions in flight at most (capped by the open-files limit).", builtin=1024)
     processes: int | None = _setting(None, "Worker processes.", builtin="one per core")
+    batch: int | str | None = _setting(
+        None, "Run the hosts in batches of N (or N%), one after another.", builtin="all at once")
+    max_fail: int | str | None = _setting(
+        None, "After a batch, skip the remaining hosts once more than N (or N%) failed.")
+    fail_fast: bool = _setting(False, "Skip the remaining batches after the first failure.")
 
     def __post_init__(self) -> None:
         for name in _SECRETS:  # a plain string is accepted and wrapped at once
@@ -115,6 +120,8 @@ class Options:
         _check_number("max_output", self.max_output, minimum=0, integer=True)
         _check_number("parallel", self.parallel, minimum=1, integer=True)
         _check_number("processes", self.processes, minimum=1, integer=True)
+        _check_count("batch", self.batch, minimum=1)
+        _check_count("max_fail", self.max_fail, minimum=0)
 
     def replace(self, **changes: Any) -> Options:
         """A copy with `changes` applied (and checked)."""
@@ -186,6 +193,17 @@ def _check_number(name: str, value: object, *, minimum: float, open_: bool = Fal
         relation = ">" if open_ else ">="
         raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'} "
                           f"{relation} {minimum:g}, not {value!r}")
+
+
+def _check_count(name: str, value: object, *, minimum: int) -> None:
+    """A count (`5`) or a percentage of the hosts (`"20%"`, more than 0, at most 100)."""
+    if isinstance(value, str):
+        number = value.removesuffix("%")
+        if not (value.endswith("%") and number.replace(".", "", 1).isdigit()
+                and 0 < float(number) <= 100):
+            raise ConfigError(f"{name} must be a count or a percentage like 20%, not {value!r}")
+    else:
+        _check_number(name, value, minimum=minimum, integer=True)
 
 
 def expand(path: str) -> str:

@@ -35,10 +35,12 @@ recoverable. `render_json` wraps the hosts (inventory order) as
 from __future__ import annotations
 
 import base64
+import difflib
 import functools
 import json
 import re
 import unicodedata
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,8 +51,9 @@ from .hostrange import fold
 from .results import FleetResult, HostResult, Status
 
 __all__ = [
-    "iter_json", "render_gathered", "render_hosts", "render_json", "render_jsonl_line",
-    "render_progress_line", "render_summary", "render_table", "result_to_dict", "sanitize",
+    "LiveLines", "iter_json", "render_diff", "render_gathered", "render_hosts", "render_json",
+    "render_jsonl_line", "render_progress_line", "render_summary", "render_table",
+    "result_to_dict", "sanitize",
 ]
 
 # Controls, format/bidi characters, surrogates and the line/paragraph separators.
@@ -205,6 +208,57 @@ def render_gathered(result: FleetResult) -> str:
     return "\n".join(lines)
 
 
+def _diff_lines(r: HostResult) -> list[str]:
+    """What `render_diff` compares: a block of the gathered view, plus a mark for a
+    missing final newline (else `a` and `a\\n` would look the same)."""
+    lines = [] if r.ok else [_status_line(r)]
+    for name, data, truncated in (("stdout", r.stdout, r.stdout_truncated),
+                                  ("stderr", r.stderr, r.stderr_truncated)):
+        if data:
+            if name == "stderr":
+                lines.append("[stderr]")
+            lines.extend(_indented(data))
+            if not data.endswith(b"\n"):
+                lines.append("[no newline at end]")
+        if truncated:
+            lines.append(f"[{name} truncated]")
+    return lines
+
+
+def render_diff(result: FleetResult) -> str:
+    """The gathered view, then each other group's differences from the largest, like
+    `clush --diff`.
+
+    After `render_gathered(result)`, for each group but the first (largest;
+    ties in inventory order) comes an empty line and a unified diff
+    (`difflib`, 3 lines of context) of that group's block against the first
+    one's, headed `--- <first group's hosts> (n)` and `+++ <this group's
+    hosts> (n)`, folded. The blocks compared are those of the gathered view
+    (status line, output indented by two spaces, `[stderr]`), plus
+    `[no newline at end]` where an output does not end with one; so a diff
+    line is `+`, `-` or a space followed by either two spaces and host output
+    or one of fleetexec's own lines, and host output cannot forge a header.
+    Groups whose blocks read the same (outputs that differ only in bytes
+    the sanitiser shows alike) say so under their headers. With one group,
+    this is the gathered view alone.
+    """
+    groups = result.gathered()
+    lines = [render_gathered(result)]
+    if len(groups) < 2:
+        return lines[0]
+    first_names, first = groups[0]
+    first_label = f"{sanitize(fold(first_names), single_line=True)} ({len(first_names)})"
+    first_lines = _diff_lines(first)
+    for names, r in groups[1:]:
+        label = f"{sanitize(fold(names), single_line=True)} ({len(names)})"
+        diff = list(difflib.unified_diff(first_lines, _diff_lines(r), first_label, label,
+                                         lineterm=""))
+        lines.append("")
+        lines.extend(diff or [f"--- {first_label}", f"+++ {label}",
+                              "[the outputs differ only in bytes shown alike here]"])
+    return "\n".join(lines)
+
+
 def render_summary(result: FleetResult) -> str:
     """`12 hosts: 10 ok, 1 failed, 1 unreachable in 1.84s`, then one line per
     unsuccessful status naming its hosts folded (`failed: web[03-04]`)."""
@@ -342,3 +396,40 @@ def render_progress_line(r: HostResult, *, host_width: int = 0) -> str:
     if r.truncated:
         parts.append(_TRUNCATED)
     return "  ".join(parts)
+
+
+_PALETTE = (32, 33, 34, 35, 36, 92, 93, 94, 95, 96)  # ANSI colours for host names
+
+
+class LiveLines:
+    """Output chunks as they arrive → whole `host: line` lines, sanitised, one host per line.
+
+    A partial line waits for its end (or for `flush` when the host finishes),
+    so two hosts never share a line. stderr lines read `host [err]: …`.
+    `colour` paints host names (our own escapes; remote text never gets one).
+    """
+
+    def __init__(self, width: int = 0, colour: bool = False) -> None:
+        self.width, self.colour = width, colour
+        self._partial: dict[tuple[str, str], bytes] = {}
+
+    def feed(self, host: str, stream: str, data: bytes) -> list[str]:
+        """The lines `data` completes for `host`'s `stream`."""
+        pending = self._partial.pop((host, stream), b"") + data
+        *whole, rest = pending.split(b"\n")
+        if rest:
+            self._partial[(host, stream)] = rest
+        return [self._line(host, stream, line) for line in whole]
+
+    def flush(self, host: str) -> list[str]:
+        """`host`'s unfinished last lines, now that it has finished."""
+        return [self._line(host, stream, self._partial.pop((host, stream)))
+                for stream in ("stdout", "stderr") if (host, stream) in self._partial]
+
+    def _line(self, host: str, stream: str, data: bytes) -> str:
+        name = sanitize(host, single_line=True)
+        label = name.ljust(self.width) if stream == "stdout" else f"{name} [err]"
+        if self.colour:
+            label = f"\x1b[{_PALETTE[zlib.crc32(host.encode()) % len(_PALETTE)]}m{label}\x1b[0m"
+        text = sanitize(data.removesuffix(b"\r"), single_line=True)  # CRLF output
+        return f"{label}: {text}"

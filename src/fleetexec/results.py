@@ -27,6 +27,8 @@ class Status(str, enum.Enum):
     `UNREACHABLE`, `AUTH_FAILED`, `HOSTKEY_UNKNOWN`, `HOSTKEY_CHANGED`,
     `PROTOCOL_ERROR`, `CONNECTION_LOST`, `ERROR`. `TIMEOUT`: a deadline
     passed. `INTERRUPTED`: the run was stopped (Ctrl-C) before this host ended.
+    `SKIPPED`: never started, because earlier batches failed too often
+    (`max_fail`, `fail_fast`); it does not count as a failure.
     """
 
     OK = "ok"
@@ -42,6 +44,7 @@ class Status(str, enum.Enum):
     CONNECTION_LOST = "connection_lost"
     INTERRUPTED = "interrupted"
     ERROR = "error"
+    SKIPPED = "skipped"
 
     def __str__(self) -> str:
         return self.value
@@ -67,6 +70,7 @@ _EXIT_BY_STATUS = {
     Status.NO_EXIT_STATUS: EXIT_FAILED,
     Status.TIMEOUT: EXIT_TIMEOUT,
     Status.INTERRUPTED: EXIT_INTERRUPTED,
+    Status.SKIPPED: EXIT_OK,  # the failures that caused the skipping set the exit code
 }
 _EXIT_PRECEDENCE = (EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_FAILED, EXIT_OK)
 
@@ -156,13 +160,19 @@ class FleetResult(Mapping[str, HostResult]):
 
     @property
     def failed(self) -> dict[str, HostResult]:
-        """Hosts that did not succeed, for whatever reason."""
-        return {name: r for name, r in self.results.items() if not r.ok}
+        """Hosts that did not succeed, for whatever reason (skipped hosts aside)."""
+        return {name: r for name, r in self.results.items()
+                if not r.ok and r.status is not Status.SKIPPED}
+
+    @property
+    def skipped(self) -> dict[str, HostResult]:
+        """Hosts never started because earlier batches failed (`max_fail`, `fail_fast`)."""
+        return {name: r for name, r in self.results.items() if r.status is Status.SKIPPED}
 
     @property
     def ok(self) -> bool:
         """True when every host succeeded (and there was at least one)."""
-        return bool(self.results) and not self.failed
+        return bool(self.results) and all(r.ok for r in self.results.values())
 
     def counts(self) -> dict[Status, int]:
         """Number of hosts per status, in `Status` order, zero counts left out."""

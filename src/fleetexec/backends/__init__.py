@@ -20,13 +20,13 @@ import os
 import resource
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..host import Host
 from ..options import Options, builtin
 from ..results import HostResult
 
-__all__ = ["Backend", "Job", "Plan", "plan"]
+__all__ = ["Backend", "Job", "Output", "Plan", "plan"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,29 @@ class Job:
     command: str
     options: Options
     keep_connections: bool = False  # a session that will run again keeps them open
+    stream_output: bool = False  # also yield `Output` chunks as they arrive
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A chunk of a host's output as it arrived (only for jobs with `stream_output`)."""
+
+    host: str
+    stream: Literal["stdout", "stderr"]
+    data: bytes
 
 
 @runtime_checkable
 class Backend(Protocol):
     """Runs jobs; `FleetSession` is its only caller."""
 
-    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Run `job` on `hosts` (unique names); yield each host's result as it finishes.
 
         Yields exactly one result per host unless cancelled; a host the
         backend lost (a dead worker, a dead agent) is yielded as an `error`
-        result saying so. Raises `ConfigError` if the job cannot start at all.
+        result saying so. With `job.stream_output`, a host's `Output` chunks
+        come before its result. Raises `ConfigError` if the job cannot start.
         """
         ...
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 
 from ..host import Host
 from ..results import HostResult
-from . import Job, Plan, plan
-from .worker import Event, Finished, HostRunner, Setup, Work
+from . import Job, Output, Plan, plan
+from .worker import Chunk, Event, Finished, HostRunner, Setup, Work
 
 __all__ = ["InProcessBackend"]
 
@@ -30,7 +30,7 @@ class InProcessBackend:
         self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._runs = 0
 
-    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Run `job` on `hosts`; yield each result as its host finishes."""
         if self._setup is not None and self._setup.options != job.options:
             self.close()
@@ -44,13 +44,16 @@ class InProcessBackend:
         while not self._events.empty():  # what an abandoned run left behind
             self._events.get_nowait()
         for index, host in enumerate(hosts):
-            self._runner.submit(Work(self._runs, index, host, job.command, job.keep_connections))
-        return self._results(self._runs, len(hosts))
+            self._runner.submit(Work(self._runs, index, host, job.command, job.keep_connections,
+                                     job.stream_output))
+        return self._results(self._runs, [h.name for h in hosts])
 
-    def _results(self, run: int, count: int) -> Iterator[HostResult]:
+    def _results(self, run: int, names: list[str]) -> Iterator[HostResult | Output]:
         done = 0
-        while done < count and (event := self._events.get()) is not None:
-            if isinstance(event, Finished) and event.run == run:
+        while done < len(names) and (event := self._events.get()) is not None:
+            if isinstance(event, Chunk) and event.run == run:
+                yield Output(names[event.index], event.stream, event.data)
+            elif isinstance(event, Finished) and event.run == run:
                 done += 1
                 yield event.result
 

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from ..exceptions import ConfigError
 from ..host import Host
 from ..results import HostResult, Status
-from . import Job, Plan, plan
+from . import Job, Output, Plan, plan
 from .worker import (
     Channel,
+    Chunk,
     Finished,
     Ready,
     Setup,
@@ -178,7 +179,7 @@ class ProcessBackend:
         self._runs = 0
         self._cancelled = threading.Event()
 
-    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Run `job` on `hosts`; yield each result as its host finishes."""
         self._cancelled.clear()
         self._ensure_workers(hosts, job)
@@ -191,10 +192,11 @@ class ProcessBackend:
             self._workers[slot].send(Skip(self._runs))  # drop what an earlier run left queued
         for index, host in enumerate(hosts):
             self._workers[run.slot_of[index]].send(
-                Work(run.number, index, host, job.command, job.keep_connections))
+                Work(run.number, index, host, job.command, job.keep_connections,
+                     job.stream_output))
         return self._results(run)
 
-    def _results(self, run: _Run) -> Iterator[HostResult]:
+    def _results(self, run: _Run) -> Iterator[HostResult | Output]:
         last_check = time.monotonic()
         while len(run.done) < len(run.hosts) and not self._cancelled.is_set():
             try:
@@ -208,7 +210,8 @@ class ProcessBackend:
                 last_check = time.monotonic()
                 yield from run.overdue(last_check)
 
-    def _handle(self, run: _Run, worker: _Worker, message: object) -> Iterator[HostResult]:
+    def _handle(self, run: _Run, worker: _Worker, message: object,
+                ) -> Iterator[HostResult | Output]:
         if isinstance(message, _Exited):
             del self._workers[worker.slot]
             worker.kill()
@@ -229,6 +232,8 @@ class ProcessBackend:
             run.started[message.index] = (time.monotonic(), time.time())
         elif isinstance(message, Started):
             run.started[message.index] = (time.monotonic(), time.time())
+        elif isinstance(message, Chunk) and message.index not in run.done:
+            yield Output(run.hosts[message.index].name, message.stream, message.data)
         elif isinstance(message, Finished) and run.finish(message.index):
             yield message.result
 
@@ -280,3 +285,4 @@ class ProcessBackend:
         workers, self._workers, self._setup = self._workers, {}, None
         for worker in workers.values():
             worker.kill()
+

@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ..exceptions import ConfigError
 from ..host import Host
@@ -28,8 +29,8 @@ from ..options import Options
 from ..results import HostResult
 
 __all__ = [
-    "Channel", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip", "Started",
-    "Stop", "Taken", "Work",
+    "Channel", "Chunk", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip",
+    "Started", "Stop", "Taken", "Work",
 ]
 
 
@@ -55,6 +56,7 @@ class Work:
     host: Host
     command: str
     keep_connection: bool
+    stream_output: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,16 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Chunk:
+    """Output as it arrived (`stream` is "stdout" or "stderr")."""
+
+    run: int
+    index: int
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The host's result."""
 
@@ -111,7 +123,7 @@ class Finished:
     result: HostResult
 
 
-Event = Ready | SetupFailed | Taken | Started | Finished
+Event = Ready | SetupFailed | Taken | Started | Chunk | Finished
 
 
 class HostRunner:
@@ -152,9 +164,15 @@ class HostRunner:
             if work.run < self._skip_below:
                 continue
             self._emit(Taken(work.run, work.index))
+            on_output = None
+            if work.stream_output:
+                def on_output(stream: str, data: bytes, work: Work = work) -> None:
+                    name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
+                    self._emit(Chunk(work.run, work.index, name, data))
             result = run_on_host(work.host, work.command, self.context, work.keep_connection,
                                  on_start=functools.partial(self._emit,
-                                                            Started(work.run, work.index)))
+                                                            Started(work.run, work.index)),
+                                 on_output=on_output)
             self._emit(Finished(work.run, work.index, result))
 
 

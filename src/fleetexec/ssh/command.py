@@ -29,12 +29,15 @@ BULK_READERS = 16  # ...with at most this many such sessions reading at once per
 class Capped:
     """Keeps the first `cap` bytes of a stream, counts the rest, never blocks the sender."""
 
-    __slots__ = ("cap", "data", "total")
+    __slots__ = ("cap", "data", "listener", "total")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, listener: Callable[[bytes], object] | None = None) -> None:
         self.cap, self.data, self.total = cap, bytearray(), 0
+        self.listener = listener  # live output: every chunk, kept or not
 
     def add(self, chunk: bytes) -> None:
+        if self.listener is not None:
+            self.listener(chunk)
         self.total += len(chunk)
         room = self.cap - len(self.data)
         if room > 0:

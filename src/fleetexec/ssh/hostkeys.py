@@ -6,7 +6,8 @@ only the matched host's keys become `PKey` objects.
 
 Names follow OpenSSH: host names are compared lower-cased (plain entries are
 lower-cased when read, hashed ones are matched against the hash of the
-lower-cased name), and accept-new records the lower-cased name.
+lower-cased name), and accept-new records the lower-cased name. Host
+patterns follow OpenSSH's `match_hostname` too: see `_matches`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def fingerprint(key: paramiko.PKey) -> str:
 class KnownHosts:
     """The entries of one or more known_hosts files, ready for lookups.
 
-    Hashed (`|1|salt|hash`) and `[host]:port` entries are understood.
+    Hashed (`|1|salt|hash`) and `[host]:port` entries are understood, and so
+    are host patterns (`*.example.com`, `web?`, `[10.0.0.*]:2222`,
+    `!bastion.example.com`): a line whose names hold a pattern applies to a
+    name as OpenSSH decides (`_matches`), so a host it covers is not "new".
     `@revoked` keys are refused even if listed elsewhere, and a `@revoked`
     line still counts as an entry for the names it lists (such a host is not
     "new"). `@cert-authority` lines are kept out of the lookup (paramiko
@@ -48,6 +52,10 @@ class KnownHosts:
     plain: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     hashed: list[tuple[bytes, bytes, str, str]] = field(default_factory=list)
     revoked: set[str] = field(default_factory=set)
+    # Lines with a wildcard or `!` name: scanned on each lookup (they are few), while
+    # exact names stay O(1) dict hits. A negation can veto the line's other names,
+    # so such a line is kept whole: (its lower-cased names, key type, base64 key).
+    patterns: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, paths: Iterable[str]) -> KnownHosts:
@@ -70,20 +78,29 @@ class KnownHosts:
         if len(fields) < 3:
             return
         names, key_type, key_b64 = fields[0], fields[1], fields[2]
-        if marker == "@revoked":
-            self.revoked.add(key_b64)  # then indexed like any entry: its names are known
-        elif marker is not None:
+        if marker is not None and marker != "@revoked":
             return
+        exact: list[str] = []
         for name in names.split(","):
-            if name.startswith("|1|"):
+            if name.startswith("|1|"):  # hashed: an exact match of the hash, never a pattern
                 try:
                     _, _, salt, digest = name.split("|")
                     entry = (base64.b64decode(salt), base64.b64decode(digest), key_type, key_b64)
                 except (ValueError, binascii.Error):
                     continue
                 self.hashed.append(entry)
-            elif not name.startswith("!"):
-                self.plain.setdefault(name.lower(), []).append((key_type, key_b64))
+            else:
+                exact.append(name.lower())
+        if marker == "@revoked":
+            self.revoked.add(key_b64)  # refused for every host, wherever it is presented
+            # Its literal names are known hosts; its patterns are not indexed, or the usual
+            # `@revoked * KEY` would make every host known and accept-new refuse them all.
+            exact = [name for name in exact if not _is_pattern(name)]
+        elif any(_is_pattern(name) for name in exact):
+            self.patterns.append((tuple(exact), key_type, key_b64))
+            return
+        for name in exact:
+            self.plain.setdefault(name, []).append((key_type, key_b64))
 
     def lookup(self, name: str) -> list[tuple[str, str]]:
         """Every `(key type, base64 key)` recorded for `name` (`host` or `[host]:port`),
@@ -94,12 +111,56 @@ class KnownHosts:
         for salt, digest, key_type, key_b64 in self.hashed:
             if hmac.compare_digest(hmac.new(salt, encoded, hashlib.sha1).digest(), digest):
                 found.append((key_type, key_b64))
+        found.extend((t, b) for names, t, b in self.patterns if _matches(name, names))
         return found
 
     def trusts(self, name: str, key: paramiko.PKey) -> bool:
         """Whether `key` is recorded for `name` and not revoked (a kept connection's check)."""
         key_b64 = key.get_base64()
         return key_b64 not in self.revoked and any(b == key_b64 for _, b in self.lookup(name))
+
+
+def _is_pattern(name: str) -> bool:
+    return name.startswith("!") or "*" in name or "?" in name
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """OpenSSH's `match_hostname`: some pattern matches `name` and no `!pattern` does.
+
+    Both sides are lower-cased already. A `[host]:port` name is matched as
+    written, so `[10.0.0.*]:2222` covers port 2222 only and `*` covers all.
+    """
+    positive = False
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            if _glob(name, pattern[1:]):
+                return False  # a negated match vetoes the whole line
+        elif not positive:
+            positive = _glob(name, pattern)
+    return positive
+
+
+def _glob(name: str, pattern: str) -> bool:
+    """`*` any run, `?` one character, all else literal (`[` included, unlike fnmatch).
+
+    Greedy, backtracking only to the last `*`: O(len(name) * len(pattern)) even for
+    patterns like `*a*a*a*b`, where a regex backtracks combinatorially.
+    """
+    n = p = 0
+    star, resume = -1, 0
+    while n < len(name):
+        if p < len(pattern) and pattern[p] == "*":
+            star, resume = p, n
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("?", name[n]):
+            n += 1
+            p += 1
+        elif star >= 0:  # let the last `*` swallow one more character and retry
+            p, resume = star + 1, resume + 1
+            n = resume
+        else:
+            return False
+    return pattern[p:].strip("*") == ""
 
 
 def to_pkey(key_type: str, key_b64: str) -> paramiko.PKey | None:

@@ -10,6 +10,7 @@ The steps live beside this module: `connect`, `command`, `transport`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -98,11 +99,13 @@ class WorkerContext:
 def run_on_host(
     host: Host, command: str, context: WorkerContext, reuse: bool = False,
     on_start: Callable[[], object] = lambda: None,
+    on_output: Callable[[str, bytes], object] | None = None,
 ) -> HostResult:
     """Run `command` on `host` and return what happened. Never raises.
 
     `on_start` is called if the host had to wait for a handshake slot, when
     its turn comes: its deadlines start then, not when it was dequeued.
+    `on_output("stdout" | "stderr", chunk)` sees output as it arrives.
     With `reuse`, the authenticated connection is kept in the context for the
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
@@ -113,13 +116,13 @@ def run_on_host(
         kept = None
     if kept is not None:
         try:
-            result = _run_once(host, command, context, kept, on_start)
+            result = _run_once(host, command, context, kept, on_start, on_output)
             return _keep_or_close(result, host, context, kept)
         except StaleConnection:
             close_client(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
-        result = _run_once(host, command, context, None, on_start, opened)
+        result = _run_once(host, command, context, None, on_start, on_output, opened)
     except StaleConnection as stale:
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
@@ -147,14 +150,16 @@ def _keep_or_close(
 
 def _run_once(
     host: Host, command: str, context: WorkerContext, client: paramiko.SSHClient | None,
-    on_start: Callable[[], object], opened: list[paramiko.SSHClient] | None = None,
+    on_start: Callable[[], object], on_output: Callable[[str, bytes], object] | None,
+    opened: list[paramiko.SSHClient] | None = None,
 ) -> HostResult:
     options = context.options
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
     # (and the caller's clock, via on_start) start once this host's turn comes.
     turn = Turn(context.handshakes if client is None else None, on_start)
     started, begin = time.time(), time.monotonic()
-    out, err = Capped(options.max_output), Capped(options.max_output)
+    out = Capped(options.max_output, on_output and functools.partial(on_output, "stdout"))
+    err = Capped(options.max_output, on_output and functools.partial(on_output, "stderr"))
 
     def finish(status: Status, error: str | None = None, exit_code: int | None = None,
                signal: str | None = None) -> HostResult:

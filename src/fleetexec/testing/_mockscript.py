@@ -163,7 +163,7 @@ class MockHost:
     an fnmatch glob over the whole command; an ``re.Pattern`` is ``search``ed.
     Unmatched commands go to ``default``, then (with ``passthrough``) a real
     local shell, then the fleet's default, then built-ins: ``hostname``,
-    ``whoami``, ``true``, ``false``, ``echo``, ``sleep N``, ``exit N``, ``df``.
+    ``whoami``, ``true``, ``false``, ``echo``, ``sleep N``, ``exit N``, ``df [-h] [PATH...]``.
 
     >>> db = MockHost("db1", replies={"uptime": Reply("up 3 days\\n")})
     >>> db.respond("uptime")
@@ -230,11 +230,18 @@ def builtin(command: str, host: str, user: str) -> Reply:
     if prog == "df":
         pct = 10 + zlib.crc32(host.encode()) % 80  # stable per host, differs between hosts
         used = 40 * pct // 100
-        return Reply(
-            "Filesystem                Size  Used Avail Use% Mounted on\n"
-            f"/dev/mapper/{host + '-root':<13} 40G {used:>4}G {40 - used:>4}G {pct:>3}% /\n"
-            "tmpfs                     2.0G     0  2.0G   0% /dev/shm\n"
-        )
+        mounts = {
+            "/": f"/dev/mapper/{host + '-root':<13} 40G {used:>4}G {40 - used:>4}G {pct:>3}% /\n",
+            "/dev/shm": "tmpfs                     2.0G     0  2.0G   0% /dev/shm\n",
+        }
+        # `df [-h] PATH...`: the file system of each path (its longest mount point prefix).
+        # A relative path is under the home directory, on the root file system.
+        paths = [a if a.startswith("/") else "/" for a in args if not a.startswith("-")]
+        chosen = [max((m for m in mounts if p == m or p.startswith(m.rstrip("/") + "/")),
+                      key=len) for p in paths]
+        lines = [mounts[m] for m in (chosen if paths else mounts)]
+        return Reply("Filesystem                Size  Used Avail Use% Mounted on\n"
+                     + "".join(lines))
     return Reply(stderr=f"mockfleet: command not scripted: {command}\n", exit_code=127)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
-from ..backends import Job
+from ..backends import Job, Output
 from ..host import Host
 from ..results import HostResult, Status
 from ._mockscript import BINARY_PAYLOAD, Fault, MockHost, Reply, builtin
@@ -35,10 +35,16 @@ class ScriptedBackend:
         self.default = default
         self.commands: list[tuple[str, str]] = []  # (host, command), in the order they ran
 
-    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult]:
-        """Every host's scripted result, in simulated finishing order."""
-        results = [self._answer(host, job) for host in hosts]
-        return iter(sorted(results, key=lambda r: r.duration))
+    def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
+        """Every host's scripted result, in simulated finishing order (its output first,
+        when the job streams output)."""
+        results = sorted((self._answer(host, job) for host in hosts), key=lambda r: r.duration)
+        for result in results:
+            if job.stream_output:
+                for stream, data in (("stdout", result.stdout), ("stderr", result.stderr)):
+                    if data:
+                        yield Output(result.host, stream, data)  # type: ignore[arg-type]
+            yield result
 
     def cancel(self) -> None:
         """Nothing runs in the background; nothing to stop."""
