@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated HOME, and one real OpenSSH sshd for the session.
 
-Tests never read the developer's own ~/.ssh (config, agent, keys): HOME points
+Tests never read the developer's own ~/.ssh (config, agent, keys) or write their
+saved runs (XDG_STATE_HOME is removed): HOME points
 at a temp dir and SSH_AUTH_SOCK is removed for every test. CI sets
 FLEETEXEC_REQUIRE_SSHD=1, which turns "sshd missing" from a skip into a failure.
 """
@@ -24,7 +25,7 @@ def isolated_home(
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     for name in ("SSH_AUTH_SOCK", "FLEETEXEC_INVENTORY", "FLEETEXEC_PASSWORD",
-                 "FLEETEXEC_PASSPHRASE"):
+                 "FLEETEXEC_PASSPHRASE", "XDG_STATE_HOME"):  # saved runs go under HOME
         monkeypatch.delenv(name, raising=False)
     return home
 

@@ -318,3 +318,46 @@ def test_the_in_process_backend_starts_no_process():
     done = subprocess.run([sys.executable, "-c", script.format(port=closed_port())],
                           capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["unreachable", "0"], done.stderr
+
+
+def test_an_exclusion_that_matches_no_target_is_an_error():
+    done = CliRunner().invoke(main, ["hosts", "-H", "web[1-12]", "-x", "web[01-03]"])
+    assert done.exit_code == 2 and "web[01-03]" in done.output
+    done = CliRunner().invoke(main, ["hosts", "-H", "web[1-12]", "-x", "web[1-3]"])
+    assert done.exit_code == 0 and "9 hosts" in done.output
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "-H", "web1"], "no command"),
+    (["run", "-H", "web1", "--max-output", "1X", "--", "true"], "--max-output"),
+    (["run", "-H", "web1", "--batch", "zero", "--", "true"], "--batch"),
+    (["run", "-H", "web1:2222", "-p", "2200", "--", "true"], "port 2222"),
+    (["run", "-H", "-oProxyCommand=x", "--", "true"], "bad host target"),
+    (["run", "--", "true"], "no hosts"),
+    (["run", "-H", "web1", "--host-key-policy", "no", "--", "true"], "host-key-policy"),
+])
+def test_cli_usage_errors_exit_2_with_one_line_and_no_traceback(args, words):
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 2, done.output
+    assert words in done.output and "Traceback" not in done.output
+
+
+def test_cli_run_parses_into_the_options_it_hands_the_session(monkeypatch):
+    seen = {}
+
+    def fake_execute(hosts, command, options, backend, output_format, progress, *extra, **more):
+        seen.update(hosts=hosts, command=command, options=options, format=output_format)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("fleetexec.cli._execute", fake_execute)
+    done = CliRunner().invoke(main, [
+        "run", "-H", "alice@web[1-2]", "-t", "5", "--connect-timeout", "2", "-P", "7",
+        "--batch", "50%", "--max-fail", "1", "--known-hosts", "kh", "-o", "stream",
+        "--", "uptime", "-p"])
+    assert done.exit_code == 0, done.output
+    options = seen["options"]
+    assert (options.command_timeout, options.connect_timeout, options.parallel) == (5, 2, 7)
+    assert (options.batch, options.max_fail, options.known_hosts) == ("50%", 1, ("kh",))
+    assert seen["command"] == "uptime -p" and seen["format"] == "stream"
+    assert [(h.name, h.user, h.command_timeout) for h in seen["hosts"]] == [
+        ("web1", "alice", 5), ("web2", "alice", 5)]

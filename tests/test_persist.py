@@ -79,3 +79,29 @@ def test_directories_another_user_could_control_are_skipped_for_a_private_one(
     assert (fallback / "agent.sock").exists()
     assert stat.S_IMODE(os.stat(fallback).st_mode) == 0o700
     assert not list((runtime_dir / "fleetexec").iterdir())
+
+
+def test_sigterm_to_one_client_interrupts_only_its_own_run(sshd, tmp_path, runtime_dir):
+    import signal
+    import time
+
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.6.31", "127.0.6.32"])
+    base = [sys.executable, "-m", "fleetexec", "run", "-i", str(inventory),
+            "--no-system-known-hosts", "--persist", "-o", "json", "--"]
+    first = cli(*base[3:], "echo $SSH_CONNECTION")
+    assert first.returncode == 0, first.stderr
+    ports = {h["host"]: h["stdout"].split()[1] for h in json.loads(first.stdout)["hosts"]}
+    long_run = subprocess.Popen([*base, "sleep 3; echo A"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # A is running in the agent
+    waiting = subprocess.Popen([*base, "echo B"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # B waits for A's engine
+    waiting.send_signal(signal.SIGTERM)
+    waiting.communicate(timeout=20)
+    assert waiting.returncode == 130
+    out, err = long_run.communicate(timeout=30)
+    assert long_run.returncode == 0, err  # A never noticed
+    assert [h["stdout"] for h in json.loads(out)["hosts"]] == ["A\n", "A\n"]
+    again = cli(*base[3:], "echo $SSH_CONNECTION")
+    assert {h["host"]: h["stdout"].split()[1] for h in json.loads(again.stdout)["hosts"]} == ports

@@ -377,3 +377,73 @@ def test_streamed_json_is_byte_identical_to_one_json_dumps(count: int) -> None:
         "total": count, "counts": {str(s): n for s, n in fleet.counts().items()},
         "wall_time": 2.5, "exit_code": fleet.exit_code, "interrupted": False}}
     assert "".join(iter_json(fleet)) == json.dumps(document, indent=2, ensure_ascii=True)
+
+
+# --- diff ----------------------------------------------------------------------------
+
+def test_render_diff_exact() -> None:
+    web05 = HostResult("web05", Status.OK, 0, stdout=b"up 4 days\nload 0.1\n", duration=0.1)
+    assert render.render_diff(fleet(WEB01, WEB02, WEB03, web05)) == "\n".join([
+        render_gathered(fleet(WEB01, WEB02, WEB03, web05)),
+        "",
+        "--- web[01-02] (2)",
+        "+++ web03 (1)",
+        "@@ -1,2 +1,3 @@",
+        "-  up 3 days",
+        "-  load 0.1",
+        "+status: failed, exit 1",
+        "+[stderr]",
+        "+  no such file\\x1b[2J",
+        "",
+        "--- web[01-02] (2)",
+        "+++ web05 (1)",
+        "@@ -1,2 +1,2 @@",
+        "-  up 3 days",
+        "+  up 4 days",
+        "   load 0.1",
+    ])
+
+
+def test_render_diff_of_one_group_is_the_gathered_view() -> None:
+    assert render.render_diff(fleet(WEB01, WEB02)) == render_gathered(fleet(WEB01, WEB02))
+    assert render.render_diff(fleet()) == ""
+
+
+def test_render_diff_is_against_the_largest_group_and_marks_a_missing_newline() -> None:
+    many = [HostResult(f"n{i}", Status.OK, 0, stdout=b"v2\n") for i in range(1, 4)]
+    odd = HostResult("n9", Status.OK, 0, stdout=b"v2")
+    text = render.render_diff(fleet(odd, *many))
+    assert text.split("\n\n", 1)[1] == "\n".join([
+        "--- n[1-3] (3)", "+++ n9 (1)", "@@ -1 +1,2 @@", "   v2", "+[no newline at end]"])
+
+
+def test_render_diff_says_when_the_difference_is_not_visible() -> None:
+    raw = HostResult("a1", Status.OK, 0, stdout=b"\xff\n")
+    literal = HostResult("a2", Status.OK, 0, stdout=b"\\xff\n")  # shown alike on purpose
+    text = render.render_diff(fleet(raw, literal))
+    assert text.endswith("--- a1 (1)\n+++ a2 (1)\n[the outputs differ only in bytes shown "
+                         "alike here]")
+
+
+def test_render_diff_sanitises_output_and_host_names() -> None:
+    a = HostResult("h1", Status.OK, 0, stdout=b"same\n")
+    b = HostResult("h2", Status.OK, 0, stdout=b"\x1b]0;title\x07\xe2\x80\xae\n")
+    text = render.render_diff(fleet(a, b))
+    assert "+  \\x1b]0;title\\x07\\u202e" in text.split("\n")
+    assert "\x1b" not in text and "\u202e" not in text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=200), st.binary(max_size=60))
+def test_render_diff_output_cannot_forge_diff_headers(a: bytes, b: bytes, err: bytes) -> None:
+    hostile = b"\n--- h9 (1)\n+++ h8 (1)\n@@ -1 +1 @@\n---------------- h7 (1) ----------------\n"
+    results = [HostResult("h1", Status.OK, 0, stdout=a + hostile),
+               HostResult("h2", Status.OK, 0, stdout=a + hostile),
+               HostResult("h3", Status.FAILED, 1, stdout=b + hostile, stderr=err)]
+    diff = render.render_diff(fleet(*results)).split("\n\n--- h[1-2] (2)\n", 1)
+    assert len(diff) == 2
+    ours = ("+++ ", "@@ ", "[the outputs")
+    for line in diff[1].split("\n"):
+        assert line.startswith(ours) or line[:1] in " +-" and (
+            line[1:3] == "  " or line[1:] in ("", "status: failed, exit 1", "[stderr]",
+                                              "[no newline at end]")), line

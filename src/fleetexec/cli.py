@@ -16,11 +16,12 @@ import click
 
 from .exceptions import FleetError, InventoryError
 from .host import Host
-from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult
+from .results import EXIT_INTERRUPTED, EXIT_USAGE, FleetResult, HostResult
 
 if TYPE_CHECKING:
     from .backends import Backend
     from .options import Options
+    from .outdir import OutdirWriter
 
 EXIT_CODES_HELP = """\b
 Exit codes (the first that applies, in this order):
@@ -32,6 +33,7 @@ Exit codes (the first that applies, in this order):
     4  some host timed out (connect or command deadline)
     1  some command exited non-zero, was killed, or gave no exit status
     0  every host ran the command and it exited 0
+       (skipped hosts never decide the code)
     2  usage or inventory error: nothing ran
 """
 
@@ -132,7 +134,8 @@ _RUN_FLAGS = [
     click.option("--fail-fast", is_flag=True, help=_help("fail_fast")),
 ]
 _SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase"}
-_FORMATS = ["table", "gathered", "json", "jsonl", "stream"]
+_FORMATS = ["table", "gathered", "diff", "json", "jsonl", "stream"]
+_RERUN = ["failed", "unreachable", "timeout", "not-ok"]
 
 
 def _selection_options(function: Any) -> Any:
@@ -191,8 +194,11 @@ def _select(inventory: str | None, patterns: Sequence[str], groups: Sequence[str
         raise InventoryError("--group needs an inventory (-i FILE or FLEETEXEC_INVENTORY)")
     elif patterns:
         hosts = hosts_from_targets(patterns)
-        excluded = {h.name for h in hosts_from_targets(exclude)} if exclude else set()
-        hosts = [h for h in hosts if h.name not in excluded]
+        for term in exclude:  # a mistyped exclusion would run where it should not
+            excluded = {h.name for h in hosts_from_targets([term])}
+            if not excluded & {h.name for h in hosts}:
+                raise InventoryError(f"-x {term!r} matches none of the selected hosts")
+            hosts = [h for h in hosts if h.name not in excluded]
     else:
         raise InventoryError("no hosts: give -i INVENTORY and/or -H HOSTS")
     if not hosts:
@@ -219,7 +225,8 @@ def main() -> None:
 @_run_options
 @click.option("-o", "--format", "output_format", default="table", show_default=True,
               type=click.Choice(_FORMATS),
-              help="stream: `host: line` as output arrives, then the summary.")
+              help="stream: `host: line` as output arrives, then the summary. diff: "
+                   "gathered, then each group's differences from the largest.")
 @click.option("--ask-password", is_flag=True,
               help="Prompt once for a password (or set FLEETEXEC_PASSWORD).")
 @click.option("--ask-passphrase", is_flag=True,
@@ -229,10 +236,26 @@ def main() -> None:
                    "ControlPersist), so the next --persist run skips the handshakes.")
 @click.option("--persist-idle", default=600.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(min=1), help="The agent exits after this long unused.")
+@click.option("--scheduler", envvar="FLEETEXEC_SCHEDULER", metavar="ADDRESS",
+              help="Run on a Dask cluster: its scheduler, e.g. tcp://HOST:8786 (needs "
+                   "pip install 'fleetexec[dask]'). Workers use their own keys.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on a terminal (a line per finished host when stderr is "
                    "not one) [on when stderr is a terminal, except with -o stream].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--outdir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write each host's stdout, stderr and status to DIR/HOST.out, .err "
+                   "and .json as it finishes. DIR must be new or empty.")
+@click.option("--force", is_flag=True,
+              help="With --outdir: use a non-empty DIR, replacing this run's hosts' files.")
+@click.option("--rerun", type=click.Choice(_RERUN),
+              help="Run on the hosts of the last saved run that ended so: failed (ran, did "
+                   "not succeed), unreachable (not reached, verified or authenticated, or "
+                   "lost), timeout, not-ok (all but ok). A selection narrows them.")
+@click.option("--from", "rerun_from", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --rerun: this saved run instead of the last.")
+@click.option("--no-save", is_flag=True,
+              help="Do not save this run (for `fleetexec last` and --rerun).")
 @click.pass_context
 def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND on the selected hosts: fleetexec run [SELECTION...] [OPTIONS] -- COMMAND
@@ -245,7 +268,13 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
         command_words, selection = list(selection), ()
     if not command_words:
         raise click.UsageError("no command: put it after --, e.g. fleetexec run -H web1 -- uptime")
-    hosts, options = _selected_hosts(selection, opts)
+    if opts["rerun"]:
+        hosts, options = _rerun_hosts(ctx, selection, opts)
+    elif opts["rerun_from"]:
+        raise click.UsageError("--from needs --rerun")
+    else:
+        hosts, options = _selected_hosts(selection, opts)
+    writer = _outdir_writer(opts, hosts)
     password = os.environ.get("FLEETEXEC_PASSWORD")
     if opts["ask_password"]:
         password = click.prompt("SSH password", hide_input=True, err=True)
@@ -253,19 +282,30 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     if opts["ask_passphrase"]:
         passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
     options = options.replace(password=password, passphrase=passphrase)
-    backend = None
+    backend: Backend | None = None
     if opts["persist"]:
         from .agent import AgentBackend
 
         backend = AgentBackend(idle=opts["persist_idle"])
+    if opts["scheduler"]:
+        if opts["persist"]:
+            raise click.UsageError("--persist and --scheduler cannot be combined")
+        from .backends.dask import DaskBackend
+
+        try:
+            backend = DaskBackend(opts["scheduler"])
+        except FleetError as error:
+            _fail(str(error))
     result = _execute(hosts, " ".join(command_words), options, backend,
-                      opts["output_format"], opts["progress"], opts["quiet"])
+                      opts["output_format"], opts["progress"], opts["quiet"],
+                      outdir=writer, save=not opts["no_save"])
     sys.exit(result.exit_code)
 
 
 def _execute(
     hosts: list[Host], command: str, options: Options, backend: Backend | None,
-    output_format: str, progress: bool | None, quiet: bool = False,
+    output_format: str, progress: bool | None, quiet: bool = False, *,
+    outdir: OutdirWriter | None = None, save: bool = False,
 ) -> FleetResult:
     from . import render
     from .api import FleetSession
@@ -276,13 +316,17 @@ def _execute(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with FleetSession(hosts, options, backend=backend, keep_connections=False) as session:
-            result = session.run(command, on_result=console.on_result,
+            result = session.run(command, on_result=_with_outdir(console.on_result, outdir),
                                  on_output=console.on_output if output_format == "stream"
                                  else None)
     except FleetError as error:
         console.close()
         _fail(str(error))
     console.close()
+    if outdir is not None:
+        outdir.close()
+    if save:  # before printing: a closed pipe (`| head`) must not lose the record
+        _save_run(result, session.hosts, command, options)
     for note in getattr(backend, "notes", ()):
         click.echo(f"fleetexec: note: {note}", err=True)
     if output_format == "table":
@@ -290,6 +334,9 @@ def _execute(
         click.echo(render.render_summary(result))
     elif output_format == "gathered":
         click.echo(render.render_gathered(result))
+        click.echo(render.render_summary(result))
+    elif output_format == "diff":
+        click.echo(render.render_diff(result))
         click.echo(render.render_summary(result))
     elif output_format == "json":
         for piece in render.iter_json(result):
@@ -306,6 +353,104 @@ def _execute(
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _warn(message: str) -> None:
+    from .render import sanitize
+
+    click.echo(f"fleetexec: warning: {sanitize(message, single_line=True)}", err=True)
+
+
+def _outdir_writer(opts: dict[str, Any], hosts: list[Host]) -> OutdirWriter | None:
+    """`--outdir`'s writer, made before anything runs (a non-empty DIR is exit 2)."""
+    if opts["outdir"] is None:
+        if opts["force"]:
+            raise click.UsageError("--force only applies to --outdir")
+        return None
+    from .outdir import OutdirWriter
+
+    try:
+        return OutdirWriter(opts["outdir"], force=opts["force"], hosts=[h.name for h in hosts])
+    except FleetError as error:
+        _fail(str(error))
+
+
+def _with_outdir(on_result: Any, outdir: OutdirWriter | None) -> Any:
+    if outdir is None:
+        return on_result
+
+    def both(result: HostResult) -> None:
+        on_result(result)
+        try:
+            outdir(result)
+        except (OSError, FleetError) as error:  # the run goes on; the files are extra
+            _warn(f"--outdir: {result.host}: {error}")
+
+    return both
+
+
+def _save_run(result: FleetResult, hosts: list[Host], command: str, options: Options) -> None:
+    from .history import save
+
+    try:
+        save(result, hosts, command, known_hosts=options.absolute().known_hosts)
+    except (OSError, FleetError) as error:
+        _warn(f"could not save this run for `fleetexec last` and --rerun: {error}")
+
+
+def _rerun_hosts(ctx: click.Context, selection: Sequence[str],
+                 opts: dict[str, Any]) -> tuple[list[Host], Options]:
+    """The hosts of a saved run that `--rerun` selects, narrowed by any selection given."""
+    from . import history
+    from .inventory import hosts_from_targets
+    from .resolve import resolve
+
+    which = opts["rerun"]
+    try:
+        record = history.load(opts["rerun_from"]) if opts["rerun_from"] else history.load_last()
+        names = history.select(record, which)
+        what = f"the run in {record.path}" if opts["rerun_from"] else "the last run"
+        if not names:
+            raise InventoryError(f"--rerun {which}: {what} had no {which} hosts "
+                                 f"({record.describe()}); nothing to run")
+        inventory_given = opts["inventory"] and ctx.get_parameter_source(
+            "inventory") is not click.core.ParameterSource.ENVIRONMENT
+        patterns = [*selection, *opts["host_patterns"]]
+        if inventory_given or patterns or opts["groups"]:
+            chosen = {h.name for h in _select(opts["inventory"], patterns, opts["groups"],
+                                              opts["exclude"])}
+            names = [n for n in names if n in chosen]
+        else:
+            for term in opts["exclude"]:
+                excluded = {h.name for h in hosts_from_targets([term])}
+                if not excluded & {h.name for h in record.hosts}:  # mistyped: refuse it
+                    raise InventoryError(f"-x {term!r} matches no host of {what}")
+                names = [n for n in names if n not in excluded]
+        if not names:
+            raise InventoryError(f"--rerun {which}: none of the {which} hosts of {what} "
+                                 "is in the selection; nothing to run")
+        # The saved run's extra known_hosts files verify its hosts, unless others are given.
+        options = _options({**opts, "known_hosts": opts["known_hosts"] or record.known_hosts})
+        return resolve(record.hosts_named(names), options), options
+    except FleetError as error:
+        _fail(str(error))
+
+
+def _show(result: FleetResult, output_format: str) -> None:
+    """A finished run in `output_format` (not `stream`): what `fleetexec last` prints."""
+    from . import render
+
+    if output_format == "json":
+        click.echo(render.render_json(result))
+    elif output_format == "jsonl":
+        for r in result.values():
+            click.echo(render.render_jsonl_line(r))
+        click.echo(render.render_summary(result), err=True)
+    else:
+        views = {"table": render.render_table, "gathered": render.render_gathered,
+                 "diff": render.render_diff}
+        click.echo(views[output_format](result))
+        click.echo(render.render_summary(result))
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -327,7 +472,7 @@ def hosts(selection: tuple[str, ...], **opts: Any) -> None:
               type=click.Choice(_FORMATS))
 @click.argument("command", nargs=-1)
 def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
-    """Start a local mock fleet on loopback and run COMMAND on it [df -h].
+    """Start a local mock fleet on loopback and run COMMAND on it [df -h /].
 
     Everything is real but the servers: fresh host and user keys, a generated
     inventory and known_hosts, strict host key checking, the worker pool and
@@ -344,9 +489,32 @@ def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
             click.echo("".join(f"#   {line}" for line in file), nl=False, err=True)
         hosts = load_inventory(fleet.inventory_path).select()
         options = Options(system_known_hosts=False)  # the inventory names its known_hosts
-        result = _execute(hosts, " ".join(command) or "df -h", options, None, output_format,
+        result = _execute(hosts, " ".join(command) or "df -h /", options, None, output_format,
                           progress=False)
     sys.exit(result.exit_code)
+
+
+@main.command(epilog="Exit status: 0 when shown, 2 when there is no saved run.")
+@click.option("-o", "--format", "output_format", default="table", show_default=True,
+              type=click.Choice([f for f in _FORMATS if f != "stream"]))
+@click.option("--from", "path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A saved run file instead of the last.")
+def last(output_format: str, path: str | None) -> None:
+    """Show the last run again, in any format.
+
+    `fleetexec run` saves each run (unless --no-save) under
+    $XDG_STATE_HOME/fleetexec/runs (default ~/.local/state/fleetexec/runs),
+    keeping the newest 20; the run's own exit code is in -o json's summary.
+    """
+    from .history import load, load_last
+    from .render import sanitize
+
+    try:
+        record = load(path) if path else load_last()
+    except FleetError as error:
+        _fail(str(error))
+    click.echo(f"# {sanitize(record.describe(), single_line=True)}", err=True)
+    _show(record.result, output_format)
 
 
 @main.group()

@@ -125,7 +125,9 @@ def save(result: FleetResult, hosts: Sequence[Host], command: str, *,
          keep: int = KEEP) -> Path:
     """Save a run; return the new file. Then only the newest `keep` files are kept.
 
-    Raises `OSError` or `ConfigError` (an unsafe directory) when it cannot save.
+    `hosts` are the run's resolved hosts (`FleetSession.hosts`): every host of
+    `result` needs its settings there. Raises `OSError`, or `ConfigError` for
+    an unsafe directory or a host without settings, when it cannot save.
     """
     if directory is None:
         folder = runs_dir()
@@ -209,6 +211,10 @@ def _record(result: FleetResult, hosts: Sequence[Host], command: str,
                 outputs.append({"b64": base64.b64encode(data).decode("ascii")})
         return index[data]
 
+    settings = {h.name: h for h in hosts}
+    missing = [name for name in result if name not in settings]
+    if missing:
+        raise ConfigError(f"no connection settings for host {missing[0]!r}")
     results = []
     for r in result.values():
         entry = result_to_dict(r)
@@ -225,7 +231,7 @@ def _record(result: FleetResult, hosts: Sequence[Host], command: str,
         "exit_code": result.exit_code,
         "counts": {str(status): n for status, n in result.counts().items()},
         "known_hosts": list(known_hosts),
-        "hosts": [_host_dict(h) for h in hosts if h.name in result],
+        "hosts": [_host_dict(settings[name]) for name in result],
         "results": results,
         "outputs": outputs,
     }

@@ -19,7 +19,7 @@ from .transport import FleetTransport
 if TYPE_CHECKING:
     from .session import WorkerContext
 
-__all__ = ["Capped", "execute"]
+__all__ = ["Capped", "exec_and_drain"]
 
 _READ_SIZE = 65536
 _BULK_BYTES = 128 * 1024  # a session past this much output reads in turns...
@@ -48,7 +48,7 @@ class Capped:
         return self.total > len(self.data)
 
 
-def execute(
+def exec_and_drain(
     client: paramiko.SSHClient, host: Host, command: str, context: WorkerContext, out: Capped,
     err: Capped, finish: Callable[..., HostResult],
 ) -> HostResult:

@@ -30,7 +30,7 @@ _CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like 
 _MAX_STARTUPS_REFUSAL = b"Exceeded MaxStartups"  # what OpenSSH writes before hanging up
 
 
-class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+class UnknownKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Unknown host keys: refused (strict) or recorded first (accept-new). Never AutoAdd."""
 
     def __init__(self, context: WorkerContext, host: Host, known: KnownHosts) -> None:
@@ -171,7 +171,7 @@ def _handshake(
         key = to_pkey(key_type, key_b64)
         if key is not None and key_b64 not in known.revoked:
             client.get_host_keys().add(host.known_hosts_name, key_type, key)
-    client.set_missing_host_key_policy(HostKeyPolicy(context, host, known))
+    client.set_missing_host_key_policy(UnknownKeyPolicy(context, host, known))
     user = host.user or ""  # resolve() filled it
     auth = FleetAuth(user, keys, context.agent_keys, options)
     remaining = max(0.001, alarm.deadline - time.monotonic())

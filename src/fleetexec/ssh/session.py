@@ -21,7 +21,7 @@ import paramiko
 from ..host import Host
 from ..options import Options, expand
 from ..results import HostResult, Status
-from .command import BULK_READERS, Capped, execute
+from .command import BULK_READERS, Capped, exec_and_drain
 from .connect import connect
 from .credentials import load_private_key
 from .failure import Failure, StaleConnection
@@ -176,7 +176,7 @@ def _run_once(
             if opened is not None:
                 opened.append(client)
         turn.release()
-        return execute(client, host, command, context, out, err, finish)
+        return exec_and_drain(client, host, command, context, out, err, finish)
     except StaleConnection as stale:
         stale.result = finish(stale.status, stale.message)
         raise

@@ -232,7 +232,7 @@ def builtin(command: str, host: str, user: str) -> Reply:
         used = 40 * pct // 100
         mounts = {
             "/": f"/dev/mapper/{host + '-root':<13} 40G {used:>4}G {40 - used:>4}G {pct:>3}% /\n",
-            "/dev/shm": "tmpfs                     2.0G     0  2.0G   0% /dev/shm\n",
+            "/dev/shm": "tmpfs                     2.0G     0  2.0G   0% /dev/shm\n",  # noqa: S108
         }
         # `df [-h] PATH...`: the file system of each path (its longest mount point prefix).
         # A relative path is under the home directory, on the root file system.
