@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetexec import ConfigError, Host, Status
-from fleetexec import history
+from fleetexec import ConfigError, Host, Status, history
 from fleetexec.results import FleetResult, HostResult, exit_code_for
 from fleetexec.testing import Fault, MockHost, Reply
 

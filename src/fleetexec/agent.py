@@ -147,6 +147,7 @@ class AgentBackend:
         conn = self._conn = _connect_or_spawn(path, self.idle)
         _send(conn, {"type": "run", "command": job.command, "options": job.options.to_json(),
                      "secrets": job.options.secrets(), "stream_output": job.stream_output,
+                     "stdin": None if job.stdin is None else base64.b64encode(job.stdin).decode(),
                      "hosts": [_encode_host(h) for h in hosts]})
         return self._results(conn, [h.name for h in hosts])
 
@@ -368,13 +369,18 @@ class _Agent:
                     result = session.run(request["command"], on_result=lambda r: _send(
                         conn, {"type": "result", "result": _encode_result(r)}),
                         on_output=_forward_output(conn) if request.get("stream_output")
-                        else None)
+                        else None, stdin=_stdin_of(request))
                     hangup.finished()
                     _send(conn, {"type": "end", "interrupted": result.interrupted})
         finally:
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
+
+
+def _stdin_of(request: dict[str, Any]) -> bytes | None:
+    data = request.get("stdin")
+    return None if data is None else base64.b64decode(data, validate=True)
 
 
 def _forward_output(conn: socket.socket) -> Callable[[Output], None]:

@@ -107,18 +107,19 @@ class FleetSession:
         self._cancelled = False
 
     def run(self, command: str, *, on_result: OnResult | None = None,
-            on_output: OnOutput | None = None) -> FleetResult:
+            on_output: OnOutput | None = None, stdin: bytes | None = None) -> FleetResult:
         """Run `command` on every host; return when all have finished (see `fleetexec.run`).
 
         `on_result` sees each `HostResult` as its host finishes, `on_output`
         each chunk of output as it arrives (`Output(host, stream, data)`).
+        `stdin` is sent to every host's command (which then gets end of file).
         Ctrl-C stops the run: hosts not finished are `interrupted` and the
         result has `interrupted=True`.
         """
         begin = time.monotonic()
         collector = Collector([h.name for h in self.hosts], on_result)
         try:
-            for result in self._results(command, on_output):
+            for result in self._results(command, on_output, stdin):
                 collector.add(result)
         except KeyboardInterrupt:
             self.cancel()
@@ -126,7 +127,7 @@ class FleetSession:
         return collector.result(round(time.monotonic() - begin, 6), self._cancelled)
 
     def stream(self, command: str, *, on_output: OnOutput | None = None,
-               ) -> Iterator[HostResult]:
+               stdin: bytes | None = None) -> Iterator[HostResult]:
         """Run `command`; yield each host's `HostResult` as it finishes.
 
         Leaving the loop early cancels the hosts not yet finished.
@@ -137,7 +138,7 @@ class FleetSession:
         collector = Collector([h.name for h in self.hosts])
         finished = False
         try:
-            for result in self._results(command, on_output):
+            for result in self._results(command, on_output, stdin):
                 if collector.add(result):
                     yield result
             finished = True
@@ -157,12 +158,14 @@ class FleetSession:
         """Close every kept connection and release the backend's processes."""
         self.backend.close()
 
-    def _results(self, command: str, on_output: OnOutput | None) -> Iterator[HostResult]:
+    def _results(self, command: str, on_output: OnOutput | None,
+                 stdin: bytes | None = None) -> Iterator[HostResult]:
         """Every host's result, batch after batch; hosts after too many failures are skipped."""
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("the command is empty")
         self._cancelled = False
-        job = Job(command, self.options, self._keep, stream_output=on_output is not None)
+        job = Job(command, self.options, self._keep, stream_output=on_output is not None,
+                  stdin=stdin)
         total = len(self.hosts)
         size = _count(self.options.batch, total) or total
         limit = 0 if self.options.fail_fast else _count(self.options.max_fail, total)

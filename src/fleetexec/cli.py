@@ -132,6 +132,7 @@ _RUN_FLAGS = [
     click.option("--max-fail", type=_CountOrPercent(0), metavar="N|N%",
                  help=_help("max_fail")),
     click.option("--fail-fast", is_flag=True, help=_help("fail_fast")),
+    click.option("--retries", type=click.IntRange(min=0), default=0, help=_help("retries")),
 ]
 _SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase"}
 _FORMATS = ["table", "gathered", "diff", "json", "jsonl", "stream"]
@@ -216,6 +217,7 @@ def main() -> None:
     fleetexec run -i inventory.yaml -g web -- df -h
     fleetexec run -H 'deploy@web[01-20]' -- uptime
     fleetexec hosts -i inventory.yaml 'db*,!db3'
+    fleetexec run --rerun failed -- uptime          # again, where the last run failed
     """
 
 
@@ -243,6 +245,9 @@ def main() -> None:
               help="A progress bar on a terminal (a line per finished host when stderr is "
                    "not one) [on when stderr is a terminal, except with -o stream].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--stdin", "send_stdin", is_flag=True,
+              help="Send this program's standard input (read once, at most 16 MiB) to every "
+                   "host's command. Without it, commands get an empty input.")
 @click.option("--outdir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write each host's stdout, stderr and status to DIR/HOST.out, .err "
                    "and .json as it finishes. DIR must be new or empty.")
@@ -296,16 +301,30 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
             backend = DaskBackend(opts["scheduler"])
         except FleetError as error:
             _fail(str(error))
+    stdin = _read_stdin() if opts["send_stdin"] else None
     result = _execute(hosts, " ".join(command_words), options, backend,
                       opts["output_format"], opts["progress"], opts["quiet"],
-                      outdir=writer, save=not opts["no_save"])
+                      outdir=writer, save=not opts["no_save"], stdin=stdin)
     sys.exit(result.exit_code)
+
+
+_MAX_STDIN = 16 * 1024 * 1024
+
+
+def _read_stdin() -> bytes:
+    """Standard input, read once for every host; bounded, so a stray pipe cannot eat memory."""
+    if sys.stdin.isatty():
+        raise click.UsageError("--stdin needs input from a pipe or a file, e.g. < script.sh")
+    data = sys.stdin.buffer.read(_MAX_STDIN + 1)
+    if len(data) > _MAX_STDIN:
+        raise click.UsageError(f"--stdin: more than {_MAX_STDIN >> 20} MiB of input")
+    return data
 
 
 def _execute(
     hosts: list[Host], command: str, options: Options, backend: Backend | None,
     output_format: str, progress: bool | None, quiet: bool = False, *,
-    outdir: OutdirWriter | None = None, save: bool = False,
+    outdir: OutdirWriter | None = None, save: bool = False, stdin: bytes | None = None,
 ) -> FleetResult:
     from . import render
     from .api import FleetSession
@@ -318,7 +337,7 @@ def _execute(
         with FleetSession(hosts, options, backend=backend, keep_connections=False) as session:
             result = session.run(command, on_result=_with_outdir(console.on_result, outdir),
                                  on_output=console.on_output if output_format == "stream"
-                                 else None)
+                                 else None, stdin=stdin)
     except FleetError as error:
         console.close()
         _fail(str(error))

@@ -99,6 +99,8 @@ class Options:
     max_fail: int | str | None = _setting(
         None, "After a batch, skip the remaining hosts once more than N (or N%) failed.")
     fail_fast: bool = _setting(False, "Skip the remaining batches after the first failure.")
+    retries: int = _setting(
+        0, "Retry a refused connection this often, with backoff, inside the connect deadline.")
 
     def __post_init__(self) -> None:
         for name in _SECRETS:  # a plain string is accepted and wrapped at once
@@ -120,6 +122,7 @@ class Options:
         _check_number("max_output", self.max_output, minimum=0, integer=True)
         _check_number("parallel", self.parallel, minimum=1, integer=True)
         _check_number("processes", self.processes, minimum=1, integer=True)
+        _check_number("retries", self.retries, minimum=0, integer=True)
         _check_count("batch", self.batch, minimum=1)
         _check_count("max_fail", self.max_fail, minimum=0)
 

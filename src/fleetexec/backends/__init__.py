@@ -37,6 +37,7 @@ class Job:
     options: Options
     keep_connections: bool = False  # a session that will run again keeps them open
     stream_output: bool = False  # also yield `Output` chunks as they arrive
+    stdin: bytes | None = None  # sent to every host's command, then end of file
 
 
 @dataclass(frozen=True, slots=True)

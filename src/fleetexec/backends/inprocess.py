@@ -41,6 +41,8 @@ class InProcessBackend:
             self._runner = HostRunner(self._setup, self._events.put)  # raises ConfigError
         self._runs += 1
         self._runner.cancel_before(self._runs)
+        if job.stdin is not None:
+            self._runner.set_stdin(self._runs, job.stdin)
         while not self._events.empty():  # what an abandoned run left behind
             self._events.get_nowait()
         for index, host in enumerate(hosts):

@@ -40,6 +40,7 @@ from .worker import (
     SetupFailed,
     Skip,
     Started,
+    Stdin,
     Stop,
     Taken,
     Work,
@@ -190,6 +191,8 @@ class ProcessBackend:
                   else i % len(slots)] for i, h in enumerate(hosts)])
         for slot in slots:
             self._workers[slot].send(Skip(self._runs))  # drop what an earlier run left queued
+            if job.stdin is not None:
+                self._workers[slot].send(Stdin(self._runs, job.stdin))
         for index, host in enumerate(hosts):
             self._workers[run.slot_of[index]].send(
                 Work(run.number, index, host, job.command, job.keep_connections,

@@ -30,7 +30,7 @@ from ..results import HostResult
 
 __all__ = [
     "Channel", "Chunk", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip",
-    "Started", "Stop", "Taken", "Work",
+    "Started", "Stdin", "Stop", "Taken", "Work",
 ]
 
 
@@ -57,6 +57,14 @@ class Work:
     command: str
     keep_connection: bool
     stream_output: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stdin:
+    """What run `run` sends to each command's standard input (once per worker, not per host)."""
+
+    run: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,7 @@ class HostRunner:
         self._emit = emit
         self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._skip_below = 0  # runs before this one were cancelled: drop their queued work
+        self._stdin: dict[int, bytes] = {}  # only the latest run's
         self._threads = [threading.Thread(target=self._loop, daemon=True)
                          for _ in range(setup.threads)]
         for thread in self._threads:
@@ -144,6 +153,10 @@ class HostRunner:
     def submit(self, work: Work) -> None:
         """Queue `work` for the next free session thread."""
         self._inbox.put(work)
+
+    def set_stdin(self, run: int, data: bytes) -> None:
+        """Run `run` sends `data` to each command's standard input."""
+        self._stdin = {run: data}
 
     def cancel_before(self, run: int) -> None:
         """Queued work of runs before `run` is dropped, not started."""
@@ -172,7 +185,7 @@ class HostRunner:
             result = run_on_host(work.host, work.command, self.context, work.keep_connection,
                                  on_start=functools.partial(self._emit,
                                                             Started(work.run, work.index)),
-                                 on_output=on_output)
+                                 on_output=on_output, stdin=self._stdin.get(work.run))
             self._emit(Finished(work.run, work.index, result))
 
 
@@ -262,6 +275,8 @@ def _serve(fd: int) -> None:
             runner.submit(message)
         elif isinstance(message, Skip):
             runner.cancel_before(message.run)
+        elif isinstance(message, Stdin):
+            runner.set_stdin(message.run, message.data)
         elif isinstance(message, Stop):
             runner.stop()
             return

@@ -50,7 +50,7 @@ class Capped:
 
 def exec_and_drain(
     client: paramiko.SSHClient, host: Host, command: str, context: WorkerContext, out: Capped,
-    err: Capped, finish: Callable[..., HostResult],
+    err: Capped, finish: Callable[..., HostResult], stdin: bytes | None = None,
 ) -> HostResult:
     timeout = host.command_timeout or 0.0  # resolve() filled it; 0 = no deadline
     transport = client.get_transport()
@@ -60,6 +60,7 @@ def exec_and_drain(
         try:
             channel = transport.open_session(timeout=timeout or None)
             channel.exec_command(command)
+            _send_stdin(channel, stdin)
         except Exception as error:
             if alarm is not None and alarm.fired:
                 return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
@@ -84,6 +85,24 @@ def exec_and_drain(
         return finish(Status.CONNECTION_LOST, "connection lost before the command finished "
                       "(output is incomplete)")
     return finish(Status.NO_EXIT_STATUS, "the server reported no exit status")
+
+
+def _send_stdin(channel: Channel, data: bytes | None) -> None:
+    """`data`, then end of file, so a command reading its input never waits for more."""
+    if not data:
+        channel.shutdown_write()
+        return
+
+    def send() -> None:
+        # On its own thread: a command that answers while it reads would otherwise fill
+        # our window while we block on its, and both would wait forever.
+        try:
+            channel.sendall(data)
+            channel.shutdown_write()
+        except OSError:
+            pass  # the channel closed early: the drain reports what happened
+
+    threading.Thread(target=send, daemon=True).start()
 
 
 def _drain(

@@ -81,13 +81,13 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
         raise Failure(Status.ERROR, str(error)) from None
     attempts = 0
     while True:
-        sock = _open_socket(host, deadline, timeout)
+        sock = _open_socket_retrying(host, deadline, timeout, context.options.retries)
         if _banner_arrives(sock, host, deadline, timeout):
             break
         sock.close()
         attempts += 1
         # Bounded, backed-off retries for this case only: the deadline or the count ends them.
-        pause = min(0.2 * 2 ** (attempts - 1), 2.0) * (1 + random.random())  # noqa: S311
+        pause = _backoff(attempts)
         if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
             raise Failure(
                 Status.CONNECTION_LOST,
@@ -106,6 +106,30 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
     finally:
         alarm.cancel()
     return client
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry `attempt` (1, 2, ...): doubling from 0.2, at most 2, jittered."""
+    return float(min(0.2 * 2 ** (attempt - 1), 2.0) * (1 + random.random()))  # noqa: S311
+
+
+def _open_socket_retrying(host: Host, deadline: float, timeout: float,
+                          retries: int) -> socket.socket:
+    """`_open_socket`, retrying a refused or unroutable connection `retries` times, with
+    backoff, inside the connect deadline. Nothing has been sent yet, so a retry is safe."""
+    attempt = 0
+    while True:
+        try:
+            return _open_socket(host, deadline, timeout)
+        except Failure as failure:
+            attempt += 1
+            retryable = failure.status is Status.UNREACHABLE and failure.retryable
+            pause = _backoff(attempt)
+            if not retryable or attempt > retries or time.monotonic() + pause >= deadline:
+                if attempt > 1:
+                    failure.message += f" ({attempt} attempts)"
+                raise
+            time.sleep(pause)
 
 
 def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
@@ -127,7 +151,7 @@ def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise Failure(
-            Status.UNREACHABLE, f"cannot connect to port {host.port}: {reason}"
+            Status.UNREACHABLE, f"cannot connect to port {host.port}: {reason}", retryable=True
         ) from None
 
 

@@ -10,10 +10,11 @@ __all__ = ["Failure", "StaleConnection"]
 class Failure(Exception):
     """A host-level failure, turned into a `HostResult` before leaving this module."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    def __init__(self, status: Status, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retryable = retryable  # nothing was sent yet: connecting again is safe
 
 
 class StaleConnection(Failure):

@@ -99,13 +99,14 @@ class WorkerContext:
 def run_on_host(
     host: Host, command: str, context: WorkerContext, reuse: bool = False,
     on_start: Callable[[], object] = lambda: None,
-    on_output: Callable[[str, bytes], object] | None = None,
+    on_output: Callable[[str, bytes], object] | None = None, stdin: bytes | None = None,
 ) -> HostResult:
     """Run `command` on `host` and return what happened. Never raises.
 
     `on_start` is called if the host had to wait for a handshake slot, when
     its turn comes: its deadlines start then, not when it was dequeued.
-    `on_output("stdout" | "stderr", chunk)` sees output as it arrives.
+    `on_output("stdout" | "stderr", chunk)` sees output as it arrives. `stdin` is
+    sent to the command's standard input; it gets end of file either way.
     With `reuse`, the authenticated connection is kept in the context for the
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
@@ -116,13 +117,13 @@ def run_on_host(
         kept = None
     if kept is not None:
         try:
-            result = _run_once(host, command, context, kept, on_start, on_output)
+            result = _run_once(host, command, context, kept, on_start, on_output, stdin)
             return _keep_or_close(result, host, context, kept)
         except StaleConnection:
             close_client(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
-        result = _run_once(host, command, context, None, on_start, on_output, opened)
+        result = _run_once(host, command, context, None, on_start, on_output, stdin, opened)
     except StaleConnection as stale:
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
@@ -151,7 +152,7 @@ def _keep_or_close(
 def _run_once(
     host: Host, command: str, context: WorkerContext, client: paramiko.SSHClient | None,
     on_start: Callable[[], object], on_output: Callable[[str, bytes], object] | None,
-    opened: list[paramiko.SSHClient] | None = None,
+    stdin: bytes | None, opened: list[paramiko.SSHClient] | None = None,
 ) -> HostResult:
     options = context.options
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
@@ -176,7 +177,7 @@ def _run_once(
             if opened is not None:
                 opened.append(client)
         turn.release()
-        return exec_and_drain(client, host, command, context, out, err, finish)
+        return exec_and_drain(client, host, command, context, out, err, finish, stdin)
     except StaleConnection as stale:
         stale.result = finish(stale.status, stale.message)
         raise
