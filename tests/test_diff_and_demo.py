@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,17 @@ def test_run_diff_against_real_sshd(sshd, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "\n".join(["--- web[1-2] (2)", "+++ web3 (1)", "@@ -1,2 +1,3 @@", "   release=1",
                       "+  extra=yes", "   end"]) in done.stdout
+
+
+def test_the_demo_command_means_the_same_on_a_real_host(sshd, tmp_path: Path) -> None:
+    # What the demo imitates: `df -h /` answers with the root file system only, so the
+    # table's last-line column is each host's root use, as on the mock hosts.
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.9.4"], names=["real1"])
+    done = cli("run", "-i", str(inventory), "--no-system-known-hosts", "-o", "json", "--",
+               "df -h /", state=tmp_path / "state")
+    assert done.returncode == 0, done.stderr
+    lines = json.loads(done.stdout)["hosts"][0]["stdout"].splitlines()
+    mock = builtin("df -h /", "real1", "u").stdout.decode().splitlines()
+    assert len(lines) == len(mock) == 2 and lines[0].split()[:2] == mock[0].split()[:2]
+    assert lines[1].split()[-1] == mock[1].split()[-1] == "/"
+    assert lines[1].split()[-2].endswith("%") and mock[1].split()[-2].endswith("%")

@@ -94,7 +94,7 @@ def test_a_run_round_trips_exactly(tmp_path: Path) -> None:
 
 
 def test_identical_outputs_are_stored_once(tmp_path: Path) -> None:
-    big = b"x" * 100_000 + b"\n"
+    big = b"x" * 60_000 + b"\n"  # under SAVED_OUTPUT: kept whole
     result = fleet_result(*[HostResult(f"h{i}", Status.OK, 0, stdout=big) for i in range(50)])
     path = history.save(result, [Host(n) for n in result], "cat big", directory=tmp_path)
     assert path.stat().st_size < 2 * len(big)
@@ -311,3 +311,16 @@ def test_rerun_failed_and_last_against_real_sshd(sshd, tmp_path: Path):
     assert hosts_of(rerun) == {"bad": "ok"}
     shown = cli("last", "-o", "json", state=state)
     assert json.loads(shown.stdout)["hosts"][0]["stdout"] == "fixed\n"
+
+
+def test_a_record_keeps_a_bounded_share_of_each_output(tmp_path):
+    from fleetexec import FleetResult, Host, HostResult, Status
+    from fleetexec.history import SAVED_OUTPUT, load, save
+
+    big = b"x" * (SAVED_OUTPUT + 10)
+    result = FleetResult({"h1": HostResult("h1", Status.OK, 0, stdout=big)})
+    path = save(result, [Host("h1")], "cat big", directory=tmp_path)
+    again = load(path)
+    shown = again.result["h1"]
+    assert shown.stdout == big[:SAVED_OUTPUT] and shown.stdout_truncated and shown.truncated
+    assert path.stat().st_size < SAVED_OUTPUT * 2

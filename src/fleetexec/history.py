@@ -11,8 +11,9 @@ name and renamed into place, and only the newest `KEEP` (20) are kept.
 A record holds the command, the run's times and counts, the extra known_hosts
 files it used, each host's resolved connection settings (name, address, port,
 user, key files, timeouts, its known_hosts file, groups, what was written on
-the target) so a rerun needs no inventory, and each host's result, outputs
-included so `last` can show any view. It never holds a secret: `Host`
+the target) so a rerun needs no inventory, and each host's result, with the
+first `SAVED_OUTPUT` (64 KiB) of each output so `last` can show any view (what
+was cut is flagged truncated). It never holds a secret: `Host`
 records carry none, and passwords and passphrases are not saved. The command
 and the outputs are saved as they are, like shell history: a secret typed
 into a command is in the record (the file is yours alone, 0600).
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 KEEP = 20
+SAVED_OUTPUT = 64 * 1024  # bytes of each host's stdout and stderr kept in a record
 VERSION = 1
 _SUFFIX = ".json"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -67,8 +69,8 @@ Which = Literal["failed", "unreachable", "timeout", "not-ok"]
 #: What each `--rerun` word selects. `failed`: the command ran and did not
 #: succeed. `unreachable`: the host could not be reached, verified or
 #: authenticated, or was lost (exactly the statuses of exit code 3).
-#: `timeout`: a deadline passed. `not-ok`: every status but `ok`, `interrupted`
-#: included.
+#: `timeout`: a deadline passed. `not-ok`: every status but `ok` (`interrupted`
+#: and `skipped` included).
 SELECTIONS: Mapping[str, frozenset[Status]] = {
     "failed": frozenset({Status.FAILED, Status.KILLED, Status.NO_EXIT_STATUS}),
     "unreachable": frozenset({
@@ -220,7 +222,12 @@ def _record(result: FleetResult, hosts: Sequence[Host], command: str,
         entry = result_to_dict(r)
         for name in ("stdout_b64", "stderr_b64"):
             del entry[name]
-        entry["stdout"], entry["stderr"] = ref(r.stdout), ref(r.stderr)
+        # A record keeps a bounded share of each output: 1000 hosts x 1 MiB, 20 times
+        # over, would otherwise fill the disk. What was cut is flagged truncated.
+        for stream, data in (("stdout", r.stdout), ("stderr", r.stderr)):
+            if len(data) > SAVED_OUTPUT:
+                entry[f"{stream}_truncated"] = entry["truncated"] = True
+            entry[stream] = ref(data[:SAVED_OUTPUT])
         results.append(entry)
     return {
         "fleetexec_run": VERSION,

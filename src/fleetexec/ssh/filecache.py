@@ -19,11 +19,14 @@ __all__ = ["FileCache"]
 
 T = TypeVar("T")
 
-# File times come from a coarse clock (a few ms on Linux, 1 s on some file
-# systems): an edit made in the same tick as a change we already read leaves
-# the stat as it was. So a value is kept only if it was built at least this
-# long after its files' last change; until then every use builds it again.
-_SETTLED_NS = 1_000_000_000
+# File times come from a coarse clock (a few ms on Linux): an edit made in the
+# same tick as a change we already read could leave the stat as it was. So a
+# value is kept only if it was built at least this long after its files' last
+# change; until then every use builds it again. Short, because a burst of
+# accept-new appends (or a freshly written key) would otherwise mean a re-read
+# per connection; an edit that also keeps the size and inode within 0.1 s of
+# the previous one is the only change this can miss, and only until the next.
+_SETTLED_NS = 100_000_000
 
 _State = tuple[int, int, int, int, int] | None
 
