@@ -4,7 +4,8 @@ One real sshd serving N loopback hosts. In one run, alternating:
 - the CLI with `-o table` and with `-o stream`, each host printing 20 lines:
   wall seconds and client CPU (user+sys of the CLI and its workers, via wait4), as a
   ratio stream / table;
-- latency: each host prints `EPOCH` timestamps (`date +%s.%N`) every 0.2 s for 2 s;
+- latency: once all are connected, each host prints `EPOCH` timestamps (`date +%s.%N`)
+  every 0.2 s for 2 s;
   the reader notes when each `host: EPOCH` line reaches it. Reported as p50 / p99 /
   max of (arrival − remote timestamp), which includes the SSH transit on loopback.
 
@@ -26,7 +27,12 @@ from fleetexec.testing.sshd import OpenSSHServer, addresses
 
 FLEETEXEC = str(Path(sys.executable).parent / "fleetexec")
 LINES = 'i=0; while [ $i -lt 20 ]; do echo "line $i of some output"; i=$((i+1)); done'
-TICKS = 'i=0; while [ $i -lt 10 ]; do date +%s.%N; sleep 0.2; i=$((i+1)); done'
+# The ticks start once every host is connected (the handshakes of N hosts saturate the two
+# cores for a few seconds, and that lag is the sshd's, not the pipeline's); one perl per
+# host prints them, since a shell loop would fork `date` and `sleep` 5000 times a second
+# at N=500 and measure the server's fork rate instead.
+TICKS = ("sleep {settle}; perl -MTime::HiRes=time,sleep -e "
+         "'$|=1; for (1..10) {{ printf qq(%.6f\\n), time; sleep 0.2 }}'")
 
 
 def measured(argv: list[str]) -> tuple[float, float, str]:
@@ -74,7 +80,7 @@ def main() -> None:
                 if fmt == "stream":
                     assert out.count(" of some output") == 20 * args.n, "lost lines"
                 rows[fmt].append((wall, cpu))
-        lag = latencies([*base, "-o", "stream", "--", TICKS])
+        lag = latencies([*base, "-o", "stream", "--", TICKS.format(settle=4 + args.n // 50)])
     print(f"## -o stream vs -o table, N={args.n}, 20 lines per host, "
           f"median of {args.repeats}\n")
     print("| format | wall s | client CPU s | CPU ms/host |")

@@ -32,7 +32,8 @@ SRC = Path(fleetexec.__file__).parent
 def test_every_option_has_exactly_one_cli_flag_and_the_same_name():
     fields = {f.name for f in dataclasses.fields(Options)}
     run_params = {p.name for p in main.commands["run"].params}
-    secrets = {"password": "ask_password", "passphrase": "ask_passphrase"}
+    secrets = {"password": "ask_password", "passphrase": "ask_passphrase",
+               "sudo_password": "ask_sudo_password"}
     for name in fields:
         assert (secrets.get(name) or name) in run_params, f"no flag for Options.{name}"
     per_host = {"user", "port", "key_files", "connect_timeout", "command_timeout"}

@@ -29,7 +29,9 @@ Exit codes (the first that applies, in this order):
     3  some host could not be reached, verified or authenticated,
        or the connection was lost (unreachable, auth_failed,
        hostkey_unknown, hostkey_changed, protocol_error,
-       connection_lost, error)
+       connection_lost, error); with --sudo, sudo refusing to
+       run the command (wrong or missing sudo password) is
+       auth_failed too
     4  some host timed out (connect or command deadline)
     1  some command exited non-zero, was killed, or gave no exit status
     0  every host ran the command and it exited 0
@@ -133,8 +135,14 @@ _RUN_FLAGS = [
                  help=_help("max_fail")),
     click.option("--fail-fast", is_flag=True, help=_help("fail_fast")),
     click.option("--retries", type=click.IntRange(min=0), default=0, help=_help("retries")),
+    click.option("--sudo", is_flag=True,
+                 help="Run the command through sudo on each host (sudo -n, or sudo -S with "
+                      "--ask-sudo-password). A wrong or missing sudo password is auth_failed, "
+                      "not failed."),
+    click.option("--sudo-user", metavar="USER", help=_help("sudo_user")),
 ]
-_SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase"}
+_SECRET_FLAGS = {"password": "--ask-password", "passphrase": "--ask-passphrase",
+                 "sudo_password": "--ask-sudo-password"}
 _FORMATS = ["table", "gathered", "diff", "json", "jsonl", "stream"]
 _RERUN = ["failed", "unreachable", "timeout", "not-ok"]
 
@@ -233,6 +241,9 @@ def main() -> None:
               help="Prompt once for a password (or set FLEETEXEC_PASSWORD).")
 @click.option("--ask-passphrase", is_flag=True,
               help="Prompt once for the key passphrase (or set FLEETEXEC_PASSPHRASE).")
+@click.option("--ask-sudo-password", is_flag=True,
+              help="With --sudo: prompt once for the sudo password (or set "
+                   "FLEETEXEC_SUDO_PASSWORD); sent to a host only when its sudo asks.")
 @click.option("--persist", is_flag=True,
               help="Keep connections open in a per-user background agent (like ssh's "
                    "ControlPersist), so the next --persist run skips the handshakes.")
@@ -286,7 +297,13 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
     if opts["ask_passphrase"]:
         passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
-    options = options.replace(password=password, passphrase=passphrase)
+    sudo_password = os.environ.get("FLEETEXEC_SUDO_PASSWORD") or None
+    if opts["ask_sudo_password"]:
+        if not options.sudo:
+            raise click.UsageError("--ask-sudo-password needs --sudo")
+        sudo_password = click.prompt("sudo password", hide_input=True, err=True)
+    options = options.replace(password=password, passphrase=passphrase,
+                              sudo_password=sudo_password if options.sudo else None)
     backend: Backend | None = None
     if opts["persist"]:
         from .agent import AgentBackend

@@ -27,7 +27,7 @@ __all__ = ["HostKeyPolicy", "Options", "Secret", "SYSTEM_KNOWN_HOSTS", "expand"]
 
 HostKeyPolicy = Literal["strict", "accept-new"]
 SYSTEM_KNOWN_HOSTS = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
-_SECRETS = ("password", "passphrase")
+_SECRETS = ("password", "passphrase", "sudo_password")
 
 
 class Secret:
@@ -101,6 +101,11 @@ class Options:
     fail_fast: bool = _setting(False, "Skip the remaining batches after the first failure.")
     retries: int = _setting(
         0, "Retry a refused connection this often, with backoff, inside the connect deadline.")
+    sudo: bool = _setting(False, "Run the command through sudo, as root or sudo_user.")
+    sudo_user: str | None = _setting(None, "With sudo: run the command as this user.",
+                                     builtin="root")
+    sudo_password: Secret | None = _setting(
+        None, "Password sudo asks for (sent only when it asks); without it, sudo -n.")
 
     def __post_init__(self) -> None:
         for name in _SECRETS:  # a plain string is accepted and wrapped at once
@@ -125,6 +130,11 @@ class Options:
         _check_number("retries", self.retries, minimum=0, integer=True)
         _check_count("batch", self.batch, minimum=1)
         _check_count("max_fail", self.max_fail, minimum=0)
+        user = self.sudo_user
+        if user is not None and (not isinstance(user, str) or not user or "\0" in user):
+            raise ConfigError(f"sudo_user must be a user name, not {self.sudo_user!r}")
+        if self.sudo_user is not None and not self.sudo:
+            raise ConfigError("sudo_user needs sudo (--sudo-user needs --sudo)")
 
     def replace(self, **changes: Any) -> Options:
         """A copy with `changes` applied (and checked)."""

@@ -239,9 +239,9 @@ class DaskBackend:
         if self._send_secrets:
             raise ConfigError("send_secrets needs a scheduler reached over TLS (tls://...), "
                               f"not {address}")
-        self.notes = ["the password/passphrase was not sent to the Dask workers; "
-                      "they use their own keys"]
-        return options.replace(password=None, passphrase=None)
+        self.notes = ["the password/passphrase/sudo password was not sent to the Dask "
+                      "workers; they use their own keys (and sudo -n)"]
+        return options.replace(password=None, passphrase=None, sudo_password=None)
 
     def _results(self, run: _Run) -> Iterator[HostResult | Output]:
         try:

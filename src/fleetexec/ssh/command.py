@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import paramiko
 from paramiko.channel import Channel
@@ -14,6 +14,7 @@ from ..host import Host
 from ..results import HostResult, Status
 from .failure import StaleConnection
 from .pacing import Turn, nothing
+from .sudo import SudoGate
 from .transport import FleetTransport
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ __all__ = ["Capped", "exec_and_drain"]
 _READ_SIZE = 65536
 _BULK_BYTES = 128 * 1024  # a session past this much output reads in turns...
 BULK_READERS = 16  # ...with at most this many such sessions reading at once per process
+
+
+class _Sink(Protocol):
+    total: int
+
+    def add(self, chunk: bytes) -> None: ...
 
 
 class Capped:
@@ -55,19 +62,28 @@ def exec_and_drain(
     timeout = host.command_timeout or 0.0  # resolve() filled it; 0 = no deadline
     transport = client.get_transport()
     assert isinstance(transport, FleetTransport)  # noqa: S101 - set by transport_factory
+    options = context.options
+    # --sudo: the gate wraps the command and stands between the channel's stderr and `err`.
+    sudo = SudoGate(err, options.sudo_user, options.sudo_password) if options.sudo else None
     alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None  # type: ignore[arg-type]
     try:
         try:
             channel = transport.open_session(timeout=timeout or None)
-            channel.exec_command(command)
-            _send_stdin(channel, stdin)
+            if sudo is None:
+                channel.exec_command(command)
+                _send_stdin(channel, stdin)
+            else:  # stdin waits until sudo has asked for the password or is done
+                channel.exec_command(sudo.wrap(command))
+                sudo.attach(channel, lambda: _send_stdin(channel, stdin))
         except Exception as error:
             if alarm is not None and alarm.fired:
                 return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
             if not transport.is_active():
                 raise StaleConnection() from None
             return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: {error}")
-        _drain(channel, out, err, context.bulk_readers)
+        _drain(channel, out, err if sudo is None else sudo, context.bulk_readers)
+        if sudo is not None:
+            sudo.close()
     finally:
         if alarm is not None:
             alarm.cancel()
@@ -77,6 +93,9 @@ def exec_and_drain(
     signal = transport.exit_signals.get(channel.chanid)
     if signal is not None:
         return finish(Status.KILLED, f"killed by signal {signal}", signal=signal)
+    if sudo is not None and not sudo.ran and channel.exit_status_ready():
+        # sudo ended without running the command: not the command's failure
+        return finish(Status.AUTH_FAILED, sudo.failure())
     if channel.exit_status_ready() and channel.exit_status >= 0:
         code = channel.exit_status
         return finish(Status.OK if code == 0 else Status.FAILED,
@@ -106,7 +125,7 @@ def _send_stdin(channel: Channel, data: bytes | None) -> None:
 
 
 def _drain(
-    channel: Channel, out: Capped, err: Capped, bulk_readers: threading.BoundedSemaphore
+    channel: Channel, out: _Sink, err: _Sink, bulk_readers: threading.BoundedSemaphore
 ) -> None:
     """Read stdout and stderr together until EOF, then wait for the exit status.
 
@@ -141,7 +160,7 @@ def _drain(
     _read_ready(channel, out, err)
 
 
-def _read_ready(channel: Channel, out: Capped, err: Capped) -> None:
+def _read_ready(channel: Channel, out: _Sink, err: _Sink) -> None:
     while channel.recv_ready():
         chunk = channel.recv(_READ_SIZE)
         if not chunk:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import paramiko
 
@@ -31,7 +32,7 @@ from .pacing import Turn
 from .transport import close_client
 from .watchdog import Watchdog
 
-__all__ = ["WorkerContext", "run_on_host"]
+__all__ = ["Attempt", "WorkerContext", "over_connection", "run_on_host"]
 
 
 class WorkerContext:
@@ -111,19 +112,51 @@ def run_on_host(
     next command on this host; a kept connection that has died is replaced
     transparently (only when the command provably did not start on it).
     """
+    def attempt(started: float, begin: float) -> _Command:
+        return _Command(host, command, context, on_output, stdin, started, begin)
+
+    return over_connection(host, context, attempt, reuse, on_start)
+
+
+class Attempt(Protocol):
+    """One try at a host's work on a connected client (a command, a file transfer).
+
+    `run` does the work and returns the result; it raises `StaleConnection`
+    when the connection proved dead before anything started (the work is
+    then tried once more on a new connection) and `Failure` for a host-level
+    failure. `finish` makes a result of a status and a one-line error.
+    """
+
+    def run(self, client: paramiko.SSHClient) -> HostResult: ...
+
+    def finish(self, status: Status, error: str | None = None) -> HostResult: ...
+
+
+def over_connection(
+    host: Host, context: WorkerContext, attempt: Callable[[float, float], Attempt],
+    reuse: bool = False, on_start: Callable[[], object] = lambda: None,
+) -> HostResult:
+    """Connect to `host` (or reuse its kept connection) and run one `Attempt` there.
+
+    `attempt(started, begin)` makes the attempt once this host's handshake
+    turn has come (`started`: epoch seconds, `begin`: the monotonic clock its
+    deadlines count from). The pacing, the connect deadline, the
+    kept-connection rules and the turning of failures into results are
+    `run_on_host`'s; never raises.
+    """
     kept = context.connections.pop(_identity(host), None) if reuse else None
     if kept is not None and not context.still_trusted(host, kept):
         close_client(kept)  # key revoked or removed since: a new connection verifies afresh
         kept = None
     if kept is not None:
         try:
-            result = _run_once(host, command, context, kept, on_start, on_output, stdin)
+            result = _run_once(host, context, kept, on_start, attempt)
             return _keep_or_close(result, host, context, kept)
         except StaleConnection:
             close_client(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
-        result = _run_once(host, command, context, None, on_start, on_output, stdin, opened)
+        result = _run_once(host, context, None, on_start, attempt, opened)
     except StaleConnection as stale:
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
@@ -149,43 +182,58 @@ def _keep_or_close(
     return result
 
 
+class _Command:
+    """`run_on_host`'s attempt: exec the command, drain its output."""
+
+    def __init__(self, host: Host, command: str, context: WorkerContext,
+                 on_output: Callable[[str, bytes], object] | None, stdin: bytes | None,
+                 started: float, begin: float) -> None:
+        options = context.options
+        self.host, self.command, self.context, self.stdin = host, command, context, stdin
+        self.started, self.begin = started, begin
+        self.out = Capped(options.max_output, on_output and functools.partial(on_output, "stdout"))
+        self.err = Capped(options.max_output, on_output and functools.partial(on_output, "stderr"))
+
+    def finish(self, status: Status, error: str | None = None, exit_code: int | None = None,
+               signal: str | None = None) -> HostResult:
+        out, err = self.out, self.err
+        return HostResult(
+            host=self.host.name, status=status, exit_code=exit_code, signal=signal,
+            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+            started=self.started, duration=round(time.monotonic() - self.begin, 6), error=error,
+        )
+
+    def run(self, client: paramiko.SSHClient) -> HostResult:
+        return exec_and_drain(client, self.host, self.command, self.context, self.out, self.err,
+                              self.finish, self.stdin)
+
+
 def _run_once(
-    host: Host, command: str, context: WorkerContext, client: paramiko.SSHClient | None,
-    on_start: Callable[[], object], on_output: Callable[[str, bytes], object] | None,
-    stdin: bytes | None, opened: list[paramiko.SSHClient] | None = None,
+    host: Host, context: WorkerContext, client: paramiko.SSHClient | None,
+    on_start: Callable[[], object], make: Callable[[float, float], Attempt],
+    opened: list[paramiko.SSHClient] | None = None,
 ) -> HostResult:
-    options = context.options
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
     # (and the caller's clock, via on_start) start once this host's turn comes.
     turn = Turn(context.handshakes if client is None else None, on_start)
     started, begin = time.time(), time.monotonic()
-    out = Capped(options.max_output, on_output and functools.partial(on_output, "stdout"))
-    err = Capped(options.max_output, on_output and functools.partial(on_output, "stderr"))
-
-    def finish(status: Status, error: str | None = None, exit_code: int | None = None,
-               signal: str | None = None) -> HostResult:
-        return HostResult(
-            host=host.name, status=status, exit_code=exit_code, signal=signal,
-            stdout=bytes(out.data), stderr=bytes(err.data),
-            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
-            started=started, duration=round(time.monotonic() - begin, 6), error=error,
-        )
-
+    attempt = make(started, begin)
     try:
         if client is None:
             client = connect(host, context, begin)
             if opened is not None:
                 opened.append(client)
         turn.release()
-        return exec_and_drain(client, host, command, context, out, err, finish, stdin)
+        return attempt.run(client)
     except StaleConnection as stale:
-        stale.result = finish(stale.status, stale.message)
+        stale.result = attempt.finish(stale.status, stale.message)
         raise
     except Failure as failure:
-        return finish(failure.status, failure.message)
+        return attempt.finish(failure.status, failure.message)
     except Exception as error:  # a bug or an unforeseen paramiko error: still a value
         if client is not None:
             close_client(client)
-        return finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
+        return attempt.finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
     finally:
         turn.release()
