@@ -103,9 +103,9 @@ def test_results_stream_back_before_the_shard_ends(client):
             command_timeout=20) as session:
         order = []
         for result in session.stream("deploy"):
-            order.append((result.host, result.status))
+            order.append((result.host, result.status, result.error))
             gate.open()
-    assert order == [("fast", Status.OK), ("slow", Status.OK)]
+    assert order == [("fast", Status.OK, None), ("slow", Status.OK, None)]
 
 
 def test_a_killed_worker_loses_its_shard_once_and_no_host_runs_twice(client):

@@ -140,6 +140,9 @@ class AgentBackend:
 
     def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Send the job to the agent; yield each result as the agent forwards it."""
+        if job.transfer is not None:
+            raise ConfigError("put/get cannot be combined with --persist (the agent runs "
+                              "commands only)")
         if job.options.use_agent:
             raise ConfigError("--use-agent cannot be combined with --persist")
         path, skipped = choose_socket_path()

@@ -9,6 +9,7 @@ session decides what a lost or interrupted host means.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from .host import Host
 from .options import Options
 from .resolve import resolve
 from .results import Collector, FleetResult, HostResult, OnResult, Status
+from .transfer import SAFE_COMMAND, Transfer, get_transfer, put_transfer
 
 __all__ = ["FleetSession", "run", "run_one"]
 
@@ -35,6 +37,28 @@ def _count(value: int | str | None, total: int) -> int | None:
     if isinstance(value, str):
         return max(1, math.ceil(total * float(value.rstrip("%")) / 100))
     return value
+
+
+def _claim_directories(directory: str, names: list[str]) -> None:
+    """`get`: LOCALDIR made if missing, and one distinct directory name per host."""
+    from .outdir import file_stem
+
+    seen: dict[str, str] = {}
+    for name in names:
+        try:
+            stem = file_stem(name)
+        except ValueError as error:
+            raise ConfigError(f"get: {error}") from None
+        earlier = seen.setdefault(stem.casefold(), name)
+        if earlier != name:
+            raise ConfigError(f"get: hosts {earlier!r} and {name!r} differ only in case and "
+                              "would share a directory on a case-insensitive file system")
+    try:
+        os.mkdir(directory, 0o777)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ConfigError(f"get: cannot create {directory}: {error.strerror or error}") from None
 
 
 def _options(options: Options | None, overrides: dict[str, Any]) -> Options:
@@ -149,6 +173,58 @@ class FleetSession:
         self._fill_pending(missing)
         yield from missing.result(0.0).values()
 
+    def put(self, local_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+            remote: str, *, recursive: bool = False, preserve: bool = False,
+            checksum: bool = False, on_result: OnResult | None = None) -> FleetResult:
+        """Copy local files (directories with `recursive`) to `remote` on every host, over SFTP.
+
+        `remote` is a directory that exists (each file goes into it), or, for
+        one source, the new name. Each file is written to a temporary name
+        and renamed into place, so a cut transfer never leaves a half file
+        under the real name. `preserve` keeps modes and mtimes; `checksum`
+        compares SHA-256 (the host's by `sha256sum`) before the rename; sizes
+        are always checked. The command deadline (`command_timeout`) bounds
+        each host's transfer. A host's stdout is a one-line summary; a file
+        error is `failed` with the path in `error`. Rules: `fleetexec.transfer`.
+
+        >>> fleet.put(["app.conf"], "/etc/app/", preserve=True).raise_on_failure()
+        """
+        return self.transfer(put_transfer(local_paths, remote, recursive=recursive,
+                                          preserve=preserve, checksum=checksum),
+                             on_result=on_result)
+
+    def get(self, remote: str, local_dir: str | os.PathLike[str], *, recursive: bool = False,
+            preserve: bool = False, checksum: bool = False, force: bool = False,
+            on_result: OnResult | None = None) -> FleetResult:
+        """Copy `remote` (a directory with `recursive`) from every host to `local_dir/<host>/`.
+
+        `get("/etc/hosts", "out")` writes `out/web1/hosts`, `out/web2/hosts`, ...
+        An existing local file fails that host unless `force`; no symlink
+        below `local_dir` is ever followed; `local_dir` is created if missing.
+        Otherwise as `put` (rules: `fleetexec.transfer`).
+
+        >>> fleet.get("/var/log/app.log", "logs", checksum=True)
+        """
+        return self.transfer(get_transfer(remote, local_dir, recursive=recursive,
+                                          preserve=preserve, checksum=checksum, force=force),
+                             on_result=on_result)
+
+    def transfer(self, transfer: Transfer, *, on_result: OnResult | None = None) -> FleetResult:
+        """Do `transfer` (see `put` and `get`) on every host; return when all have finished."""
+        if self.options.sudo:
+            raise ConfigError("put/get do not run through sudo: files move as the login user")
+        if transfer.direction == "get":
+            _claim_directories(transfer.destination, [h.name for h in self.hosts])
+        begin = time.monotonic()
+        collector = Collector([h.name for h in self.hosts], on_result)
+        try:
+            for result in self._results(SAFE_COMMAND, None, transfer=transfer):
+                collector.add(result)
+        except KeyboardInterrupt:
+            self.cancel()
+        self._fill_pending(collector)
+        return collector.result(round(time.monotonic() - begin, 6), self._cancelled)
+
     def cancel(self) -> None:
         """Stop the current run (from any thread); its unfinished hosts end `interrupted`."""
         self._cancelled = True
@@ -159,13 +235,14 @@ class FleetSession:
         self.backend.close()
 
     def _results(self, command: str, on_output: OnOutput | None,
-                 stdin: bytes | None = None) -> Iterator[HostResult]:
+                 stdin: bytes | None = None, *,
+                 transfer: Transfer | None = None) -> Iterator[HostResult]:
         """Every host's result, batch after batch; hosts after too many failures are skipped."""
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("the command is empty")
         self._cancelled = False
         job = Job(command, self.options, self._keep, stream_output=on_output is not None,
-                  stdin=stdin)
+                  stdin=stdin, transfer=transfer)
         total = len(self.hosts)
         size = _count(self.options.batch, total) or total
         limit = 0 if self.options.fail_fast else _count(self.options.max_fail, total)

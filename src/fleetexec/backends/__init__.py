@@ -25,6 +25,7 @@ from typing import Literal, Protocol, runtime_checkable
 from ..host import Host
 from ..options import Options, builtin
 from ..results import HostResult
+from ..transfer import Transfer
 
 __all__ = ["Backend", "Job", "Output", "Plan", "plan"]
 
@@ -38,6 +39,9 @@ class Job:
     keep_connections: bool = False  # a session that will run again keeps them open
     stream_output: bool = False  # also yield `Output` chunks as they arrive
     stdin: bytes | None = None  # sent to every host's command, then end of file
+    # Files to move instead of running `command` (`fleetexec.transfer`); a backend that
+    # cannot do transfers must refuse such a job (ConfigError), never run `command`.
+    transfer: Transfer | None = None
 
 
 @dataclass(frozen=True, slots=True)

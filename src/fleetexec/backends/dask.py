@@ -209,6 +209,8 @@ class DaskBackend:
 
     def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Submit one task per shard; yield each host's result as it arrives."""
+        if job.transfer is not None:  # its local paths name files on this machine
+            raise ConfigError("file transfers (put/get) cannot run on a Dask cluster")
         if not hosts:
             return iter(())
         client = self._connect()

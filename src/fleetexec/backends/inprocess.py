@@ -47,7 +47,7 @@ class InProcessBackend:
             self._events.get_nowait()
         for index, host in enumerate(hosts):
             self._runner.submit(Work(self._runs, index, host, job.command, job.keep_connections,
-                                     job.stream_output))
+                                     job.stream_output, job.transfer))
         return self._results(self._runs, [h.name for h in hosts])
 
     def _results(self, run: int, names: list[str]) -> Iterator[HostResult | Output]:

@@ -196,7 +196,7 @@ class ProcessBackend:
         for index, host in enumerate(hosts):
             self._workers[run.slot_of[index]].send(
                 Work(run.number, index, host, job.command, job.keep_connections,
-                     job.stream_output))
+                     job.stream_output, job.transfer))
         return self._results(run)
 
     def _results(self, run: _Run) -> Iterator[HostResult | Output]:

@@ -27,6 +27,7 @@ from ..exceptions import ConfigError
 from ..host import Host
 from ..options import Options
 from ..results import HostResult
+from ..transfer import Transfer
 
 __all__ = [
     "Channel", "Chunk", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip",
@@ -49,7 +50,7 @@ class Setup:
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """Run `command` on `host` (host number `index` of run `run`)."""
+    """Run `command` on `host` (host number `index` of run `run`), or do `transfer`."""
 
     run: int
     index: int
@@ -57,6 +58,7 @@ class Work:
     command: str
     keep_connection: bool
     stream_output: bool = False
+    transfer: Transfer | None = None  # files to move instead of running `command`
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,13 @@ class HostRunner:
             if work.run < self._skip_below:
                 continue
             self._emit(Taken(work.run, work.index))
+            if work.transfer is not None:
+                from ..ssh.transfer import transfer_on_host
+
+                self._emit(Finished(work.run, work.index, transfer_on_host(
+                    work.host, work.transfer, self.context, work.keep_connection,
+                    on_start=functools.partial(self._emit, Started(work.run, work.index)))))
+                continue
             on_output = None
             if work.stream_output:
                 def on_output(stream: str, data: bytes, work: Work = work) -> None:

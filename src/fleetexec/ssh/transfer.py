@@ -98,7 +98,7 @@ class _Attempt:
             alarm = self.context.watchdog.arm(start + timeout, transport.sock)  # type: ignore[arg-type]
         sftp: paramiko.SFTPClient | None = None
         try:
-            sftp = _open_sftp(transport, timeout)
+            sftp = _open_sftp(transport, timeout, alarm)
             mover = _Mover(self, sftp, transport, timeout)
             if self.transfer.direction == "put":
                 mover.put()
@@ -145,11 +145,12 @@ class _Refused(Exception):
     """The server has no SFTP subsystem for us."""
 
 
-def _open_sftp(transport: paramiko.Transport, timeout: float) -> paramiko.SFTPClient:
+def _open_sftp(transport: paramiko.Transport, timeout: float,
+               alarm: Alarm | None) -> paramiko.SFTPClient:
     try:
         channel = transport.open_session(timeout=timeout or None)
     except Exception:
-        if not transport.is_active():
+        if not transport.is_active() and not (alarm is not None and alarm.fired):
             raise StaleConnection() from None  # nothing started: a new connection may
         raise
     try:
@@ -307,7 +308,7 @@ class _Mover:
         temp = posixpath.join(directory, _temp_name(name))
         hasher = hashlib.sha256() if self.transfer.checksum else None
         try:
-            source = open(local, "rb")  # noqa: SIM115 - closed below
+            source = open(local, "rb")  # closed below
         except OSError as error:
             raise _FileError(f"put {local}: {_reason(error)}") from None
         sent = 0
@@ -316,13 +317,19 @@ class _Mover:
             assert isinstance(remote_file, paramiko.SFTPFile)  # noqa: S101
             self.attempt.partial = True
             try:
-                with remote_file:
-                    remote_file.set_pipelined(True)
-                    while chunk := source.read(_CHUNK):
-                        remote_file.write(chunk)
-                        sent += len(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
+                try:
+                    with remote_file:
+                        remote_file.chmod(0o600)  # unreadable by others until complete
+                        remote_file.set_pipelined(True)
+                        while chunk := source.read(_CHUNK):
+                            remote_file.write(chunk)
+                            sent += len(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+                except OSError as error:
+                    if not self.transport.is_active():
+                        raise
+                    raise _FileError(f"put {remote}: {_reason(error)}") from None
                 # Closed: every write acknowledged (a full disk says so by now).
                 if sent != os.fstat(source.fileno()).st_size:
                     raise _FileError(f"put {local}: the file changed size while being sent")
@@ -383,17 +390,18 @@ class _Mover:
 
     def get(self) -> None:
         transfer = self.transfer
-        remote = _remote_path(transfer.sources[0])
-        path = self._remote("get", remote, lambda: self.sftp.normalize(remote))
-        assert isinstance(path, str)  # noqa: S101
-        name = posixpath.basename(path.rstrip("/"))
+        path = _remote_path(transfer.sources[0])
+        name = posixpath.basename(posixpath.normpath(path))
+        if name in ("", ".", ".."):  # the login directory, say: ask the server its name
+            real = self._remote("get", path, lambda: self.sftp.normalize(path))
+            name = posixpath.basename(str(real).rstrip("/"))
         if not name:
-            raise _FileError(f"get {remote}: the root directory has no name to save it under; "
+            raise _FileError(f"get {path}: the root directory has no name to save it under; "
                              "get a directory below it")
         try:
             local_name = check_remote_name(name)
         except ValueError as error:
-            raise _FileError(f"get {remote}: {error}") from None
+            raise _FileError(f"get {path}: {error}") from None
         attrs = self._stat(path)
         if attrs is None:
             raise _FileError(f"get {path}: no such file or directory")
@@ -471,7 +479,7 @@ class _Mover:
                 os.fchmod(fd, stat.S_IMODE(attrs.st_mode or 0) & 0o777)
                 os.utime(fd, (attrs.st_atime or 0, attrs.st_mtime or 0))
         except OSError as error:
-            if not self.transport.is_active() or isinstance(error, _FileError):
+            if not self.transport.is_active():
                 raise
             raise _FileError(f"get {remote}: {_reason(error)}") from None
         finally:
@@ -494,15 +502,20 @@ class _Mover:
             try:
                 remote_file = self._remote("get", remote, lambda: self.sftp.open(remote, "rb"))
                 assert isinstance(remote_file, paramiko.SFTPFile)  # noqa: S101
-                with remote_file:
-                    remote_file.prefetch(attrs.st_size)
-                    while chunk := remote_file.read(_CHUNK):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[_write(out, view, shown) :]
-                        received += len(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
+                try:
+                    with remote_file:
+                        remote_file.prefetch(attrs.st_size)
+                        while chunk := remote_file.read(_CHUNK):
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[_write(out, view, shown) :]
+                            received += len(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+                except OSError as error:
+                    if not self.transport.is_active():
+                        raise
+                    raise _FileError(f"get {remote}: {_reason(error)}") from None
                 if received != attrs.st_size:
                     raise _FileError(f"get {remote}: the file changed size during the "
                                      f"transfer (expected {attrs.st_size} bytes, got "

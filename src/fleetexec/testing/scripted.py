@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ..backends import Job, Output
+from ..exceptions import ConfigError
 from ..host import Host
 from ..results import HostResult, Status
 from ._mockscript import BINARY_PAYLOAD, Fault, MockHost, Reply, builtin
@@ -38,6 +39,9 @@ class ScriptedBackend:
     def start(self, hosts: Sequence[Host], job: Job) -> Iterator[HostResult | Output]:
         """Every host's scripted result, in simulated finishing order (its output first,
         when the job streams output)."""
+        if job.transfer is not None:
+            raise ConfigError("ScriptedBackend does not do file transfers (put/get): use a "
+                              "real sshd")
         results = sorted((self._answer(host, job) for host in hosts), key=lambda r: r.duration)
         for result in results:
             if job.stream_output:

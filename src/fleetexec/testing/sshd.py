@@ -182,6 +182,10 @@ class OpenSSHServer:
             "X11Forwarding no", "PrintMotd no",
             *self.extra_config,
         ]
+        if not any(line.split()[:2] == ["Subsystem", "sftp"] for line in self.extra_config):
+            # In-process SFTP (put/get), no sftp-server binary needed: global, before any
+            # Match block of extra_config, and only when it defines none (sshd refuses two).
+            lines.insert(lines.index("X11Forwarding no"), "Subsystem sftp internal-sftp")
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
