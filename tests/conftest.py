@@ -25,7 +25,7 @@ def isolated_home(
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     for name in ("SSH_AUTH_SOCK", "FLEETEXEC_INVENTORY", "FLEETEXEC_PASSWORD",
-                 "FLEETEXEC_PASSPHRASE", "FLEETEXEC_SUDO_PASSWORD",
+                 "FLEETEXEC_PASSPHRASE", "FLEETEXEC_SCHEDULER", "FLEETEXEC_SUDO_PASSWORD",
                  "XDG_STATE_HOME"):  # saved runs go under HOME
         monkeypatch.delenv(name, raising=False)
     return home

@@ -90,9 +90,22 @@ def test_good_users(user: str) -> None:
 
 def test_host_defaults_and_known_hosts_name() -> None:
     host = Host("web1")
-    assert (host.address, host.port, host.user, host.key_files) == ("web1", 22, None, ())
-    assert host.known_hosts_name == "web1"
+    # None is "not set here": resolve() fills the port (ssh config, then 22).
+    assert (host.address, host.port, host.user, host.key_files) == ("web1", None, None, ())
+    assert host.known_hosts_name == "web1"  # an unset port is 22 here too
+    assert Host("web1", port=22).known_hosts_name == "web1"
     assert Host("web1", address="10.0.0.1", port=2222).known_hosts_name == "[10.0.0.1]:2222"
+    # HostKeyAlias: the name as written, whatever the port
+    assert Host("web1", port=2222, host_key_alias="alias").known_hosts_name == "alias"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("host_key_policy", "no"), ("address_family", "inet4"), ("server_alive_interval", -1),
+    ("server_alive_count_max", True),
+])
+def test_bad_ssh_settings_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        Host("web1", **{field: value})  # type: ignore[arg-type]
 
 
 def test_host_is_frozen_and_groups_do_not_affect_equality() -> None:

@@ -345,21 +345,23 @@ def test_select_errors(patterns: tuple[str, ...], message: str) -> None:
 @pytest.mark.parametrize(
     ("patterns", "expected"),
     [
-        (["web1"], [(None, "web1", 22)]),
+        (["web1"], [(None, "web1", None)]),
         (["deploy@web[1-3]:2222,db1"],
          [("deploy", "web1", 2222), ("deploy", "web2", 2222), ("deploy", "web3", 2222),
-          (None, "db1", 22)]),
+          (None, "db1", None)]),
         (["[::1]:2222"], [(None, "::1", 2222)]),
-        (["root@[::1]"], [("root", "::1", 22)]),
-        (["::1"], [(None, "::1", 22)]),
+        (["root@[::1]"], [("root", "::1", None)]),
+        (["::1"], [(None, "::1", None)]),
         (["10.0.0.1:2200"], [(None, "10.0.0.1", 2200)]),
         (["web[01-02].dc,web[1,3]"],
-         [(None, "web01.dc", 22), (None, "web02.dc", 22), (None, "web1", 22), (None, "web3", 22)]),
-        (["a", "b,a"], [(None, "a", 22), (None, "b", 22)]),
+         [(None, "web01.dc", None), (None, "web02.dc", None), (None, "web1", None), (None, "web3", None)]),
+        (["a", "b,a"], [(None, "a", None), (None, "b", None)]),
+        (["web1:22"], [(None, "web1", 22)]),
     ],
 )
-def test_hosts_from_targets(patterns: list[str], expected: list[tuple[str | None, str, int]]
-                            ) -> None:
+def test_hosts_from_targets(patterns: list[str],
+                            expected: list[tuple[str | None, str, int | None]]) -> None:
+    # A port not written stays None: resolve() fills it (ssh config, then 22).
     assert [(h.user, h.name, h.port) for h in hosts_from_targets(patterns)] == expected
 
 

@@ -3,9 +3,9 @@
 What the loader and renderer unit tests already prove (tests/test_inventory.py,
 test_host.py, test_render.py) is not repeated here; these tests take the same
 rules through `fleetexec.run` or the CLI: a bad inventory contacts no host, a
-secret shows nowhere, host keys are checked before anything is sent, only the
-configured credentials are offered, and nothing a server sends reaches the
-terminal raw. Real sshd hosts here are 127.0.6.x (accept-new) and 127.0.7.x.
+secret shows nowhere, host keys are checked before anything is sent, credentials
+are offered as OpenSSH offers them (and only the configured ones with
+IdentitiesOnly), and nothing a server sends reaches the terminal raw. Real sshd hosts here are 127.0.6.x (accept-new) and 127.0.7.x.
 """
 
 from __future__ import annotations
@@ -393,14 +393,16 @@ def test_an_unwritable_known_hosts_is_a_clear_error_for_new_hosts_only(
 # ---- rows 29-31: credentials -----------------------------------------------------------------
 
 
-def test_only_configured_keys_are_offered_not_home_keys_or_the_agent(
+def test_keys_are_offered_as_openssh_does_and_identities_only_offers_only_the_configured(
     sshd: OpenSSHServer, tmp_path: Path
 ) -> None:
-    # HOME's id_ed25519 and the agent both hold the key sshd accepts; with --key
-    # pointing at a key it refuses, only --use-agent may change the outcome.
+    # OpenSSH's rule (it replaced "only configured keys"): the configured key files first,
+    # then the agent's keys unless IdentitiesOnly, then, only when no key file is
+    # configured, ~/.ssh/id_*. HOME's id_ed25519 and the agent both hold the key sshd
+    # accepts; --key names a key it refuses.
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
-    write_key(home / ".ssh" / "id_ed25519", sshd_key(sshd))
+    default = write_key(home / ".ssh" / "id_ed25519", sshd_key(sshd))
     agent_socket = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_socket)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -412,19 +414,31 @@ def test_only_configured_keys_are_offered_not_home_keys_or_the_agent(
         subprocess.run(["ssh-add", str(sshd.client_key_path)], env=env, check=True,
                        capture_output=True, timeout=30)
         stranger = write_key(tmp_path / "stranger")
-        inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.7.29"])
-        base = ["run", "-i", str(inventory), "--no-system-known-hosts", "-k", str(stranger),
-                "-o", "json"]
-        refused = cli(*base, "--", "echo fine", env=env)
-        with_agent = cli(*base, "--use-agent", "--", "echo fine", env=env)
+        known = sshd.write_known_hosts(tmp_path / "known_hosts", ["127.0.7.29"])
+        target = ["-H", f"{sshd.user}@127.0.7.29:{sshd.port}", "--known-hosts", str(known),
+                  "--no-system-known-hosts", "-o", "json"]
+
+        def status(*flags: str) -> dict:
+            done = cli("run", *target, *flags, "--", "echo fine", env=env)
+            return json.loads(done.stdout)["hosts"][0] | {"stderr": done.stderr.decode()}
+
+        configured_then_agent = status("-k", str(stranger))
+        identities_only = status("-k", str(stranger), "--identities-only")
+        no_agent = status("-k", str(stranger), "--no-agent")
+        nothing_configured = status("--no-agent")  # ~/.ssh/id_ed25519 is offered
+        default.chmod(0o644)
+        too_open = status("--no-agent")  # skipped with a note, as ssh skips it
     finally:
         agent.terminate()
         agent.wait(10)
-    r = json.loads(refused.stdout)["hosts"][0]
-    assert r["status"] == "auth_failed", r
-    assert r["error"].endswith("(1 credential(s) tried)")
-    ok = json.loads(with_agent.stdout)["hosts"][0]
-    assert (ok["status"], ok["stdout"]) == ("ok", "fine\n")
+    assert (configured_then_agent["status"], configured_then_agent["stdout"]) == ("ok", "fine\n")
+    assert (nothing_configured["status"], nothing_configured["stdout"]) == ("ok", "fine\n")
+    for refused in (identities_only, no_agent):
+        assert refused["status"] == "auth_failed", refused
+        assert refused["error"].endswith("(1 credential(s) tried)")
+    assert too_open["status"] == "auth_failed" and "no credentials" in too_open["error"]
+    assert (f"fleetexec: note: default identity {default} is accessible by others (mode 0644)"
+            in too_open["stderr"])
 
 
 def test_a_stalled_auth_answer_times_out_once_per_host_not_once_per_key(

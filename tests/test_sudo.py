@@ -81,6 +81,7 @@ def test_the_password_is_sent_once_after_the_prompt_and_stdin_after_the_marker(s
     assert channel.sent == [b"s3cret\n"] and started == [] and kept.data == b""
     feed(sudo, sudo.marker + b"the command's own\n" + sudo.prompt, size)
     assert sudo.ran and started == ["stdin"] and channel.sent == [b"s3cret\n"]
+    assert sudo.prompts == 1 and not channel.eof and not sudo.wrong
     sudo.close()
     # After the marker everything is the command's, even text that looks like the prompt.
     assert kept.data == b"the command's own\n" + sudo.prompt and sudo.failure() is None

@@ -115,12 +115,21 @@ def _encode_host(host: Host) -> dict[str, Any]:
 def _decode_host(fields: object) -> Host:
     if not isinstance(fields, dict):
         raise ConfigError("a host must be a JSON object")
+    lists = {k: tuple(v) for k, v in fields.items()
+             if k in ("key_files", "groups", "user_known_hosts", "global_known_hosts")
+             and isinstance(v, list)}
     try:
-        return Host(**dict(fields, key_files=tuple(fields.get("key_files", ())),
-                           groups=tuple(fields.get("groups", ())),
-                           explicit=frozenset(fields.get("explicit", ()))))
+        return Host(**dict(fields, **lists, explicit=frozenset(fields.get("explicit", ()))))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"bad host: {error}") from None
+
+
+def _agent_socket(agent: str | None) -> str | None:
+    """An IdentityAgent read from the environment (SSH_AUTH_SOCK, $VAR), as a path."""
+    if agent == "SSH_AUTH_SOCK" or (agent or "").startswith("$") and not (
+            agent or "").startswith("${"):
+        return os.environ.get((agent or "").removeprefix("$")) or "none"
+    return agent
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -143,8 +152,9 @@ class AgentBackend:
         if job.transfer is not None:
             raise ConfigError("put/get cannot be combined with --persist (the agent runs "
                               "commands only)")
-        if job.options.use_agent:
-            raise ConfigError("--use-agent cannot be combined with --persist")
+        # The agent outlives this shell: it uses the ssh-agent this client uses now.
+        hosts = [dataclasses.replace(h, identity_agent=_agent_socket(h.identity_agent))
+                 for h in hosts]
         path, skipped = choose_socket_path()
         self.notes = [f"{reason}; the agent uses {path.parent} instead" for reason in skipped]
         conn = self._conn = _connect_or_spawn(path, self.idle)

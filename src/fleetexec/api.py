@@ -20,7 +20,7 @@ from .backends import Backend, Job, Output
 from .exceptions import ConfigError
 from .host import Host
 from .options import Options
-from .resolve import resolve
+from .resolve import identity_notes, resolve
 from .results import Collector, FleetResult, HostResult, OnResult, Status
 from .transfer import SAFE_COMMAND, Transfer, get_transfer, put_transfer
 
@@ -121,7 +121,11 @@ class FleetSession:
                  backend: Backend | None = None, keep_connections: bool = True,
                  **overrides: Any) -> None:
         self.options = _options(options, overrides).absolute()
-        self.hosts = resolve(hosts, self.options)
+        # Remarks for the user (the CLI prints them): what the ssh config asks and fleetexec
+        # does not do, default identity files that are skipped.
+        self.notes: list[str] = []
+        self.hosts = resolve(hosts, self.options, self.notes)
+        self.notes.extend(identity_notes(self.hosts, self.options))
         if backend is None:
             from .backends.process import ProcessBackend
 

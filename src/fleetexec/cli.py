@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .options import Options
     from .outdir import OutdirWriter
+    from .transfer import Transfer
 
 EXIT_CODES_HELP = """\b
 Exit codes (the first that applies, in this order):
@@ -116,18 +117,22 @@ _HOST_FLAGS = [
                  help=_help("connect_timeout")),
     click.option("-t", "--command-timeout", "--timeout", "command_timeout",
                  type=click.FloatRange(min=0), help=_help("command_timeout")),
-]
-_RUN_FLAGS = [
+    click.option("-A", "--use-agent/--no-agent", default=None, help=_help("use_agent")),
+    click.option("--identities-only", is_flag=True, help=_help("identities_only")),
+    click.option("-F", "--ssh-config", metavar="FILE", help=_help("ssh_config")),
+    click.option("--no-ssh-config", "use_ssh_config", is_flag=True, flag_value=False,
+                 default=True, help=_help("use_ssh_config")),
     click.option("--known-hosts", multiple=True, type=click.Path(dir_okay=False),
                  help=_help("known_hosts") + " Repeatable."),
     click.option("--system-known-hosts/--no-system-known-hosts", default=True,
                  help=_help("system_known_hosts")),
     click.option("--host-key-policy", type=click.Choice(["strict", "accept-new"]),
-                 default="strict", show_default=True, help=_help("host_key_policy")),
+                 help=_help("host_key_policy")),
+]
+_RUN_FLAGS = [
     click.option("--require-strict-kex", is_flag=True, help=_help("require_strict_kex")),
     click.option("--max-output", type=_Size(), default="1M", show_default=True,
                  help=_help("max_output") + " The rest is counted and dropped."),
-    click.option("-A", "--use-agent", is_flag=True, help=_help("use_agent")),
     click.option("-P", "--parallel", type=click.IntRange(min=1), help=_help("parallel")),
     click.option("--processes", type=click.IntRange(min=1), help=_help("processes")),
     click.option("--batch", type=_CountOrPercent(1), metavar="N|N%", help=_help("batch")),
@@ -150,7 +155,13 @@ _RERUN = ["failed", "unreachable", "timeout", "not-ok"]
 def _selection_options(function: Any) -> Any:
     for decorator in reversed([
         click.option("-i", "--inventory", type=click.Path(dir_okay=False),
-                     envvar="FLEETEXEC_INVENTORY", help="YAML inventory file."),
+                     envvar="FLEETEXEC_INVENTORY",
+                     help="Inventory file: fleetexec YAML, or Ansible YAML or INI."),
+        click.option("--inventory-format",
+                     type=click.Choice(["fleetexec", "ansible-yaml", "ansible-ini"]),
+                     help="The -i file's format [detected: fleetexec's top-level keys are "
+                          "defaults/groups/hosts; Ansible YAML has groups such as all: with "
+                          "hosts/children/vars; anything else is Ansible INI]."),
         click.option("-H", "--hosts", "host_patterns", multiple=True, metavar="PATTERN",
                      help="Hosts, ranges, globs or groups, comma lists; without an inventory, "
                           "targets like user@web[01-20]:2222. Repeatable."),
@@ -186,19 +197,32 @@ def _selected_hosts(selection: Sequence[str], opts: dict[str, Any]) -> tuple[lis
     try:
         options = _options(opts)
         hosts = _select(opts["inventory"], [*selection, *opts["host_patterns"]], opts["groups"],
-                        opts["exclude"])
-        return resolve(hosts, options), options
+                        opts["exclude"], opts["inventory_format"])
+        notes: list[str] = []
+        resolved = resolve(hosts, options, notes)
     except FleetError as error:
         _fail(str(error))
+    _notes(notes)
+    return resolved, options
+
+
+def _notes(notes: Sequence[str]) -> None:
+    """What the ssh config asks and fleetexec does not do, and keys it skips: on stderr."""
+    from .render import sanitize
+
+    for note in notes:
+        click.echo(f"fleetexec: note: {sanitize(note, single_line=True)}", err=True)
 
 
 def _select(inventory: str | None, patterns: Sequence[str], groups: Sequence[str],
-            exclude: Sequence[str]) -> list[Host]:
+            exclude: Sequence[str], inventory_format: str | None = None) -> list[Host]:
     from .inventory import hosts_from_targets, load_inventory
 
     terms = [*patterns, *groups, *(f"!{x}" for x in exclude)]
     if inventory:
-        hosts = load_inventory(inventory).select(*terms)
+        hosts = load_inventory(inventory, inventory_format).select(*terms)
+    elif inventory_format:
+        raise InventoryError("--inventory-format needs an inventory (-i FILE)")
     elif groups:
         raise InventoryError("--group needs an inventory (-i FILE or FLEETEXEC_INVENTORY)")
     elif patterns:
@@ -342,6 +366,7 @@ def _execute(
     hosts: list[Host], command: str, options: Options, backend: Backend | None,
     output_format: str, progress: bool | None, quiet: bool = False, *,
     outdir: OutdirWriter | None = None, save: bool = False, stdin: bytes | None = None,
+    transfer: Transfer | None = None,
 ) -> FleetResult:
     from . import render
     from .api import FleetSession
@@ -352,9 +377,13 @@ def _execute(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with FleetSession(hosts, options, backend=backend, keep_connections=False) as session:
-            result = session.run(command, on_result=_with_outdir(console.on_result, outdir),
-                                 on_output=console.on_output if output_format == "stream"
-                                 else None, stdin=stdin)
+            _notes(session.notes)
+            if transfer is not None:  # put / get: files instead of a command
+                result = session.transfer(transfer, on_result=console.on_result)
+            else:
+                result = session.run(command, on_result=_with_outdir(console.on_result, outdir),
+                                     on_output=console.on_output if output_format == "stream"
+                                     else None, stdin=stdin)
     except FleetError as error:
         console.close()
         _fail(str(error))
@@ -385,6 +414,114 @@ def _execute(
     else:
         click.echo(render.render_summary(result), err=True)
     return result
+
+
+TRANSFER_HELP = """\b
+Results: a host's output is a one-line summary (files, bytes, seconds,
+throughput). A file error (no such file, permission denied, a size or
+checksum mismatch, an existing local file) is `failed`, exit code 1, with
+the path in the error; the command deadline (-t, 60 s by default, 0 = none)
+cut it: `timeout`, 4; the connection died: `connection_lost`, 3; the
+server has no SFTP: `protocol_error`, 3.
+"""
+
+
+def _transfer_options(function: Any) -> Any:
+    for decorator in reversed([
+        click.option("-r", "--recursive", is_flag=True, help="Copy directories and their "
+                     "contents (symlinks to files are copied as files; symlinks to "
+                     "directories and special files are skipped)."),
+        click.option("--preserve", is_flag=True,
+                     help="Keep modes and modification times (scp -p; -p is --port here)."),
+        click.option("--checksum", is_flag=True,
+                     help="Also compare SHA-256 after the transfer (the host's by its "
+                          "sha256sum, on the same connection). Sizes are always compared."),
+        click.option("-o", "--format", "output_format", default="table", show_default=True,
+                     type=click.Choice(["table", "gathered", "json", "jsonl"])),
+        click.option("--ask-password", is_flag=True,
+                     help="Prompt once for a password (or set FLEETEXEC_PASSWORD)."),
+        click.option("--ask-passphrase", is_flag=True,
+                     help="Prompt once for the key passphrase (or set FLEETEXEC_PASSPHRASE)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="A progress bar on a terminal [on when stderr is a terminal]."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress display."),
+        click.option("--no-save", is_flag=True,
+                     help="Do not save this run (for `fleetexec last`)."),
+    ]):
+        function = decorator(function)
+    return function
+
+
+def _transfer(opts: dict[str, Any], make: Any) -> NoReturn:
+    """put / get: hosts and secrets as `run` takes them, then the transfer `make()` builds."""
+    hosts, options = _selected_hosts((), opts)
+    try:
+        transfer = make()
+    except FleetError as error:
+        _fail(str(error))
+    password = os.environ.get("FLEETEXEC_PASSWORD")
+    if opts["ask_password"]:
+        password = click.prompt("SSH password", hide_input=True, err=True)
+    passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
+    if opts["ask_passphrase"]:
+        passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
+    options = options.replace(password=password, passphrase=passphrase)
+    result = _execute(hosts, transfer.describe(), options, None, opts["output_format"],
+                      opts["progress"], opts["quiet"], save=not opts["no_save"],
+                      transfer=transfer)
+    sys.exit(result.exit_code)
+
+
+@main.command(epilog=TRANSFER_HELP + EXIT_CODES_HELP)
+@click.argument("paths", nargs=-1, required=True, metavar="LOCAL... REMOTE")
+@_selection_options
+@_run_options
+@_transfer_options
+def put(paths: tuple[str, ...], **opts: Any) -> None:
+    """Copy local files to every selected host over SFTP: put -H HOSTS LOCAL... REMOTE
+
+    \b
+    fleetexec put -g web app.conf /etc/app/
+    fleetexec put -H 'web[1-9]' -r --preserve --checksum dist/ /srv/app/releases/
+
+    REMOTE is an existing directory (each LOCAL goes into it), or, for one
+    LOCAL, its new path; relative paths and ~/ are from the login directory,
+    and nothing else is expanded. Each file is written to a temporary name in
+    its directory and renamed over the real name once complete and checked,
+    so a cut transfer never leaves a half file there. Remote files are replaced.
+    """
+    from .transfer import put_transfer
+
+    if len(paths) < 2:
+        raise click.UsageError("put needs LOCAL... REMOTE, e.g. fleetexec put -H web1 f.conf /tmp/")
+    _transfer(opts, lambda: put_transfer(paths[:-1], paths[-1], recursive=opts["recursive"],
+                                         preserve=opts["preserve"], checksum=opts["checksum"]))
+
+
+@main.command(epilog=TRANSFER_HELP + EXIT_CODES_HELP)
+@click.argument("remote")
+@click.argument("local_dir", metavar="LOCALDIR")
+@_selection_options
+@_run_options
+@_transfer_options
+@click.option("--force", is_flag=True, help="Replace local files that already exist.")
+def get(remote: str, local_dir: str, **opts: Any) -> None:
+    """Copy a file (or with -r a directory) from every selected host into LOCALDIR/HOST/.
+
+    \b
+    fleetexec get -g web /etc/app/app.conf confs/    # confs/web1/app.conf, ...
+    fleetexec get -H 'db[1-3]' -r /var/log/postgresql logs/
+
+    Files land in LOCALDIR/HOST/ under REMOTE's last name. LOCALDIR is made
+    if missing. An existing local file fails that host unless --force;
+    a symlink below LOCALDIR is never followed; names from the host that
+    are not plain file names (.., /) fail the host.
+    """
+    from .transfer import get_transfer
+
+    _transfer(opts, lambda: get_transfer(remote, local_dir, recursive=opts["recursive"],
+                                         preserve=opts["preserve"], checksum=opts["checksum"],
+                                         force=opts["force"]))
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -454,7 +591,7 @@ def _rerun_hosts(ctx: click.Context, selection: Sequence[str],
         patterns = [*selection, *opts["host_patterns"]]
         if inventory_given or patterns or opts["groups"]:
             chosen = {h.name for h in _select(opts["inventory"], patterns, opts["groups"],
-                                              opts["exclude"])}
+                                              opts["exclude"], opts["inventory_format"])}
             names = [n for n in names if n in chosen]
         else:
             for term in opts["exclude"]:
@@ -467,9 +604,12 @@ def _rerun_hosts(ctx: click.Context, selection: Sequence[str],
                                  "is in the selection; nothing to run")
         # The saved run's extra known_hosts files verify its hosts, unless others are given.
         options = _options({**opts, "known_hosts": opts["known_hosts"] or record.known_hosts})
-        return resolve(record.hosts_named(names), options), options
+        notes: list[str] = []
+        hosts = resolve(record.hosts_named(names), options, notes)
     except FleetError as error:
         _fail(str(error))
+    _notes(notes)
+    return hosts, options
 
 
 def _show(result: FleetResult, output_format: str) -> None:
@@ -492,10 +632,27 @@ def _show(result: FleetResult, output_format: str) -> None:
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("selection", nargs=-1)
 @_selection_options
-def hosts(selection: tuple[str, ...], **opts: Any) -> None:
+@click.option("-o", "--format", "output_format", default="table", show_default=True,
+              type=click.Choice(["table", "json"]),
+              help="json: every effective setting of each host and where it came from "
+                   "(target, flag, inventory, ssh-config, default).")
+def hosts(selection: tuple[str, ...], output_format: str, **opts: Any) -> None:
     """Print the selected hosts with their effective settings (never a secret)."""
-    from .render import render_hosts
+    from .render import render_hosts, render_hosts_json
+    from .resolve import explain
 
+    if output_format == "json":
+        try:
+            options = _options(opts)
+            notes: list[str] = []
+            explained = explain(_select(opts["inventory"], [*selection, *opts["host_patterns"]],
+                                        opts["groups"], opts["exclude"],
+                                        opts["inventory_format"]), options, notes)
+        except FleetError as error:
+            _fail(str(error))
+        _notes(notes)
+        click.echo(render_hosts_json(explained, options))
+        return
     chosen, _ = _selected_hosts(selection, opts)
     click.echo(render_hosts(chosen))
     click.echo(f"{len(chosen)} host{'s' if len(chosen) != 1 else ''}")

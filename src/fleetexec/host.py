@@ -24,8 +24,18 @@ class Host:
     """One host to run on, with its effective connection settings.
 
     `name` is how the host is shown and selected; `address` is where to
-    connect (defaults to `name`). `None` timeouts mean "use the run's
-    default". Key files are paths; no secret is ever stored in a `Host`.
+    connect (defaults to `name`). `None` means "not set here": `resolve()`
+    fills each setting by the precedence rule (flags, this record, the ssh
+    config, the built-in default; `port` None is 22). Key files are paths; no
+    secret is ever stored in a `Host`.
+
+    The fields after `known_hosts_file` mostly come from the ssh config
+    (`ssh_config.py`): whether to offer the default `~/.ssh/id_*` files when
+    no key file is configured (`default_keys`), `IdentitiesOnly`, the agent
+    socket (`identity_agent`: "none", "SSH_AUTH_SOCK", "$VAR" or a path), the
+    known_hosts files read in place of `~/.ssh/known_hosts` and
+    `/etc/ssh/ssh_known_hosts`, the host key policy, `HostKeyAlias`,
+    `AddressFamily` and `ServerAliveInterval`/`CountMax`.
 
     >>> Host("web1", port=2222, user="deploy").known_hosts_name
     '[web1]:2222'
@@ -33,15 +43,27 @@ class Host:
 
     name: str
     address: str = ""
-    port: int = 22
+    port: int | None = None
     user: str | None = None
     key_files: tuple[str, ...] = ()
     connect_timeout: float | None = None
     command_timeout: float | None = None
     known_hosts_file: str | None = None
+    default_keys: bool | None = None
+    identities_only: bool | None = None
+    identity_agent: str | None = None
+    user_known_hosts: tuple[str, ...] | None = None
+    global_known_hosts: tuple[str, ...] | None = None
+    host_key_policy: str | None = None
+    host_key_alias: str | None = None
+    address_family: str | None = None
+    server_alive_interval: int | None = None
+    server_alive_count_max: int | None = None
     groups: tuple[str, ...] = field(default=(), compare=False)
     # Settings written on the target itself (`alice@web1:2222`): a flag may not contradict them.
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    # Set by resolve(): every setting is filled, the ssh config is not read again for it.
+    resolved: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_hostname(self.name)
@@ -51,10 +73,20 @@ class Host:
             check_hostname(self.address)
         if self.user is not None:
             check_user(self.user)
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
-            1 <= self.port <= 65535
-        ):
+        if self.port is not None and (isinstance(self.port, bool) or not isinstance(
+                self.port, int) or not 1 <= self.port <= 65535):
             raise ValueError(f"port must be an integer 1-65535, got {self.port!r}")
+        if self.host_key_policy not in (None, "strict", "accept-new"):
+            raise ValueError(f"host_key_policy must be 'strict' or 'accept-new', "
+                             f"got {self.host_key_policy!r}")
+        if self.address_family not in (None, "any", "inet", "inet6"):
+            raise ValueError(f"address_family must be any, inet or inet6, "
+                             f"got {self.address_family!r}")
+        for name in ("server_alive_interval", "server_alive_count_max"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("connect_timeout", "command_timeout"):
             value = getattr(self, name)
             # `not value >= 0` rather than `value < 0`: NaN compares false both ways.
@@ -63,8 +95,11 @@ class Host:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name this host's key is stored under in known_hosts (`[addr]:port` off 22)."""
-        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        """The name this host's key is stored under in known_hosts: `HostKeyAlias` if
+        set, else the address (`[addr]:port` off port 22)."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.address if self.port in (None, 22) else f"[{self.address}]:{self.port}"
 
 
 def check_hostname(name: object) -> str:

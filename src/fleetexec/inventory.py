@@ -92,7 +92,10 @@ class Inventory:
         A pattern is a comma list of terms; a term is a group, a host, a range
         (`web[01-05]`, `web[1-12/2]`: every name must exist) or a glob (`web*`,
         `web[1-3]*`: brackets are always a range, never a character class);
-        `!term` excludes. No patterns, or only exclusions, start from every host.
+        `!term` excludes. As in ClusterShell, `@web` is the group web only, and
+        `&` (and), `!` (but not) and `^` (either, not both) combine terms left to
+        right: `@web&@staging`, `web*!web3`. No patterns, or only exclusions,
+        start from every host.
         Raises `InventoryError` naming the term when a term, included or
         excluded, matches nothing or cannot be parsed, or when nothing is left.
         """
@@ -118,6 +121,23 @@ class Inventory:
         if term in self.groups or term in self.hosts:
             return list(self.groups.get(term, [term]))
         shown = _brief(written)
+        if any(c in term for c in "&!^"):  # ClusterShell's set operators, left to right
+            pieces = re.split(r"([&!^])", term)
+            if not all(pieces[0::2]):
+                raise InventoryError(f"bad term {shown}: an operand of '&', '!' or '^' is "
+                                     "empty", path=self.path)
+            names = self._match(pieces[0], written)
+            for operator, operand in zip(pieces[1::2], pieces[2::2], strict=True):
+                other = self._match(operand, written)
+                mine, theirs = set(names), set(other)
+                names = [n for n in names if (n in theirs) == (operator == "&")]
+                if operator == "^":
+                    names += [n for n in other if n not in mine]
+            return names
+        if term.startswith("@"):  # ClusterShell's group syntax: a group, never a host
+            if term[1:] not in self.groups:
+                raise InventoryError(f"no group {term[1:]!r} (in {shown})", path=self.path)
+            return list(self.groups[term[1:]])
         try:
             # Never retried as something else: `web[1-12/2]` read as the fnmatch class
             # `[1-12/2]` would select (or, after `!`, spare) hosts the user did not mean.
@@ -156,11 +176,12 @@ def _glob(pattern: str) -> str:
     return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
 
 
-def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+def load_inventory(path: str | os.PathLike[str], format: str | None = None) -> Inventory:
     """Read, parse and check the inventory file at `path`.
 
-    A UTF-8 BOM is accepted; any other encoding is refused. Raises
-    `InventoryError` naming the file (and the line, where there is one).
+    `format` is `fleetexec`, `ansible-yaml` or `ansible-ini` (see ansible_inventory.py);
+    None detects it from the text. A UTF-8 BOM is accepted; any other encoding is
+    refused. Raises `InventoryError` naming the file (and the line, where there is one).
     """
     name = os.fspath(path)
     try:
@@ -178,6 +199,12 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     except UnicodeDecodeError as exc:
         raise InventoryError(f"not valid UTF-8 (byte {data[exc.start]:#04x}); save it as UTF-8",
                              path=name, line=data.count(b"\n", 0, exc.start) + 1) from None
+    if format != "fleetexec":
+        from .ansible_inventory import detect_format, parse_ansible_inventory
+
+        format = format or detect_format(text, name)
+        if format != "fleetexec":
+            return parse_ansible_inventory(text, name, format)
     return parse_inventory(text, name)
 
 
@@ -208,7 +235,7 @@ def hosts_from_targets(patterns: Iterable[str]) -> list[Host]:
                 for name in [rest] if ipv6 else hostrange.expand(rest):
                     login, address, port = parse_target(f"{user}@{name}" if at else name)
                     written = frozenset(k for k, v in (("user", login), ("port", port)) if v)
-                    host = Host(address, port=port or 22, user=login, explicit=written)
+                    host = Host(address, port=port, user=login, explicit=written)
                     if hosts.setdefault(host.name, host) != host:
                         raise InventoryError(f"host {host.name!r} is given twice with different"
                                              f" user or port in {pattern!r}")

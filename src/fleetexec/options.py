@@ -6,9 +6,10 @@ field's help text and built-in default live in its metadata, and the click
 options are checked against these fields by a test.
 
 Per-host settings (`user`, `port`, `key_files`, `connect_timeout`,
-`command_timeout`) are overrides: `None` (or empty) means "not given here",
-so the inventory's value, then the built-in default, applies. The rule is
-written once, in `resolve.py`.
+`command_timeout`, `host_key_policy`, `use_agent`) are overrides: `None` (or
+empty) means "not given here", so the inventory's value, then the ssh
+config's, then the built-in default, applies. The rule is written once, in
+`resolve.py`.
 """
 
 from __future__ import annotations
@@ -83,12 +84,22 @@ class Options:
         (), "Extra known_hosts files; the first is where accept-new records.")
     system_known_hosts: bool = _setting(
         True, "Also read ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts.")
-    host_key_policy: HostKeyPolicy = _setting(
-        "strict", "accept-new records keys of new hosts; changed keys are always refused.")
+    host_key_policy: HostKeyPolicy | None = _setting(
+        None, "accept-new records keys of new hosts; changed keys are always refused. "
+        "Beats StrictHostKeyChecking.", builtin="strict")
     require_strict_kex: bool = _setting(
         False, "Refuse servers without strict key exchange (Terrapin) before any credential.")
     max_output: int = _setting(1024 * 1024, "Bytes of each stream kept per host.")
-    use_agent: bool = _setting(False, "Also offer the ssh-agent's keys.")
+    use_agent: bool | None = _setting(
+        None, "Offer the ssh-agent's keys (--no-agent: never); beats IdentityAgent.",
+        builtin="yes, unless IdentityAgent none")
+    identities_only: bool = _setting(
+        False, "Offer only the configured key files: no agent key, like IdentitiesOnly yes.")
+    ssh_config: str | None = _setting(
+        None, "Read this OpenSSH client config instead of ~/.ssh/config and "
+        "/etc/ssh/ssh_config (as ssh -F).")
+    use_ssh_config: bool = _setting(
+        True, "Read the OpenSSH client config (--no-ssh-config: none).")
     password: Secret | None = _setting(None, "Password for password authentication.")
     passphrase: Secret | None = _setting(None, "Passphrase of encrypted key files.")
     parallel: int | None = _setting(
@@ -119,7 +130,7 @@ class Options:
             if isinstance(value, str) or not all(isinstance(p, str) for p in value):
                 raise ConfigError(f"{name} must be a list of paths, not {value!r}")
             object.__setattr__(self, name, tuple(value))
-        if self.host_key_policy not in ("strict", "accept-new"):
+        if self.host_key_policy not in (None, "strict", "accept-new"):
             raise ConfigError(f"host_key_policy must be 'strict' or 'accept-new', "
                               f"not {self.host_key_policy!r}")
         _check_number("connect_timeout", self.connect_timeout, minimum=0, open_=True)
@@ -130,6 +141,12 @@ class Options:
         _check_number("retries", self.retries, minimum=0, integer=True)
         _check_count("batch", self.batch, minimum=1)
         _check_count("max_fail", self.max_fail, minimum=0)
+        if self.ssh_config is not None and (not isinstance(self.ssh_config, str)
+                                            or not self.ssh_config or "\0" in self.ssh_config):
+            raise ConfigError(f"ssh_config must be a file path, not {self.ssh_config!r}")
+        if self.ssh_config is not None and not self.use_ssh_config:
+            raise ConfigError("ssh_config and use_ssh_config=False contradict "
+                              "(--ssh-config with --no-ssh-config); drop one")
         user = self.sudo_user
         if user is not None and (not isinstance(user, str) or not user or "\0" in user):
             raise ConfigError(f"sudo_user must be a user name, not {self.sudo_user!r}")
@@ -158,7 +175,9 @@ class Options:
         """Paths expanded (`~`) and made absolute: workers may run elsewhere."""
         return dataclasses.replace(
             self, key_files=tuple(expand(p) for p in self.key_files),
-            known_hosts=tuple(expand(p) for p in self.known_hosts))
+            known_hosts=tuple(expand(p) for p in self.known_hosts),
+            ssh_config=self.ssh_config if self.ssh_config in (None, "none")
+            else expand(self.ssh_config))
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values, secrets left out (`secrets()` has them)."""

@@ -42,13 +42,17 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
 from .host import Host
 from .hostrange import fold
 from .results import FleetResult, HostResult, Status
+
+if TYPE_CHECKING:
+    from .options import Options
+    from .resolve import Resolved
 
 __all__ = [
     "LiveLines", "iter_json", "render_diff", "render_gathered", "render_hosts", "render_json",
@@ -377,6 +381,51 @@ def render_hosts(hosts: Sequence[Host]) -> str:
     headers = ["name", "address", "port", "user", "key files", "connect timeout",
                "command timeout", "known_hosts", "groups"]
     return _tabulate(rows, headers)
+
+
+def render_hosts_json(explained: Sequence[Resolved], options: Options) -> str:
+    """`fleetexec hosts -o json`: each host's effective settings, and where each came from.
+
+    `sources` maps a setting to target, flag, inventory, ssh-config or default;
+    `ssh_config` gives the file and line of each ssh-config value. Derived
+    values (the known_hosts files read, the file accept-new records into, the
+    agent socket and the default identity files offered) follow from those.
+    """
+    import os
+
+    from .resolve import accept_new_file, default_identity_files, known_hosts_files
+
+    hosts = []
+    for item in explained:
+        h = item.host
+        agent = h.identity_agent or "none"
+        socket = (os.environ.get(agent.removeprefix("$"))
+                  if agent == "SSH_AUTH_SOCK" or agent.startswith("$") else None
+                  if agent == "none" else agent)
+        hosts.append({
+            "name": h.name, "address": h.address, "port": h.port, "user": h.user,
+            "key_files": list(h.key_files),
+            "default_keys": list(default_identity_files()) if h.default_keys else [],
+            "identities_only": h.identities_only, "identity_agent": agent,
+            "agent_socket": None if h.identities_only else socket or None,
+            "connect_timeout": h.connect_timeout, "command_timeout": h.command_timeout,
+            "host_key_policy": h.host_key_policy, "host_key_alias": h.host_key_alias,
+            "known_hosts_name": h.known_hosts_name,
+            "user_known_hosts": list(h.user_known_hosts or ()),
+            "global_known_hosts": list(h.global_known_hosts or ()),
+            "known_hosts": list(options.known_hosts), "known_hosts_file": h.known_hosts_file,
+            "known_hosts_files": list(known_hosts_files(h, options)),
+            "accept_new_file": accept_new_file(h, options)
+            if h.host_key_policy == "accept-new" else None,
+            "address_family": h.address_family,
+            "server_alive_interval": h.server_alive_interval,
+            "server_alive_count_max": h.server_alive_count_max,
+            "groups": list(h.groups),
+            "sources": {**dict(item.sources),
+                        "known_hosts": "flag" if options.known_hosts else "default"},
+            "ssh_config": dict(item.ssh_config),
+        })
+    return json.dumps({"hosts": hosts}, indent=2)
 
 
 def render_progress_line(r: HostResult, *, host_width: int = 0) -> str:

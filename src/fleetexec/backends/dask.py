@@ -35,7 +35,7 @@ from typing import Any
 from ..exceptions import ConfigError
 from ..host import Host
 from ..results import HostResult, Status
-from . import Backend, Job, Output
+from . import Backend, Job, Output, Plan, plan
 from .process import ProcessBackend
 
 __all__ = ["DaskBackend", "SecondAttempt", "Shard", "run_shard"]
@@ -68,25 +68,37 @@ class Shard:
     first: int  # the run's index of hosts[0]
     hosts: tuple[Host, ...]
     job: Job
-    local: Callable[[], Backend]
+    local: Callable[[Plan], Backend]
+    size: int  # the run's shard size, which sizes the local backend of every shard
 
     def name(self, what: str) -> str:
         return f"fleetexec-{self.run}-{what}"
 
 
-# Local backends kept between shards in a Dask worker process, so a shard does not
-# pay for starting worker processes; one per shard running at once in this process.
-_idle: list[tuple[Callable[[], Backend], Backend]] = []
+# Local backends kept between shards in a Dask worker process, so a shard does not pay
+# for starting worker processes: one per shard running at once, by kind and sizing (a
+# local backend keeps the sizing of its first run). The oldest past _KEEP are closed.
+_idle: list[tuple[tuple[Callable[[Plan], Backend], Plan], Backend]] = []
 _idle_lock = threading.Lock()
+_KEEP = 4
 
 
-def _borrow(local: Callable[[], Backend]) -> Backend:
+def _borrow(key: tuple[Callable[[Plan], Backend], Plan]) -> Backend:
     with _idle_lock:
         for i, (kind, backend) in enumerate(_idle):
-            if kind == local:
+            if kind == key:
                 del _idle[i]
                 return backend
-    return local()
+    return key[0](key[1])
+
+
+def _give_back(key: tuple[Callable[[Plan], Backend], Plan], backend: Backend) -> None:
+    with _idle_lock:
+        _idle.append((key, backend))
+        evicted = [b for _, b in _idle[:-_KEEP]]
+        del _idle[:-_KEEP]
+    for old in evicted:  # close() waits for its processes: not on the shard's time
+        threading.Thread(target=old.close, daemon=True).start()
 
 
 def run_shard(shard: Shard) -> int:
@@ -102,7 +114,8 @@ def run_shard(shard: Shard) -> int:
     if not claimed:
         raise SecondAttempt(f"shard {shard.number} started before on a worker that died")
     results = distributed.Queue(shard.name("results"), client=client)
-    backend = _borrow(shard.local)
+    key = (shard.local, plan(shard.size, shard.job.options))
+    backend = _borrow(key)
     running, lock = [True], threading.Lock()
 
     def watch() -> None:
@@ -139,8 +152,7 @@ def run_shard(shard: Shard) -> int:
             if not complete:  # nobody would hear of the hosts still running
                 backend.cancel()
         results.close()
-        with _idle_lock:
-            _idle.append((shard.local, backend))
+        _give_back(key, backend)
     return sent
 
 
@@ -174,7 +186,9 @@ class DaskBackend:
 
     `scheduler` is a `distributed.Client` (left open by `close`) or a scheduler
     address (`tcp://HOST:8786`; connected at the first run, within `timeout` s,
-    `CONNECT_TIMEOUT` by default).
+    `CONNECT_TIMEOUT` by default). `local` is the backend class a shard runs on
+    in its worker (`ProcessBackend`, or `InProcessBackend`: threads only), given
+    a `Plan` for `shard_size` hosts on that worker's cores.
     Passwords and passphrases are not sent to the workers unless `send_secrets`
     and the scheduler is reached over TLS: workers use their own key files and
     known_hosts, at the paths the options name. Connections are not kept
@@ -182,7 +196,8 @@ class DaskBackend:
     """
 
     def __init__(self, scheduler: Any, *, shard_size: int = 250,
-                 local: Callable[[], Backend] = ProcessBackend, timeout: float | None = None,
+                 local: Callable[[Plan], Backend] = ProcessBackend,
+                 timeout: float | None = None,
                  send_secrets: bool = False) -> None:
         self._distributed = _distributed()
         if shard_size < 1:
@@ -218,8 +233,9 @@ class DaskBackend:
         job = dataclasses.replace(job, keep_connections=False, options=self._options(job))
         run_id = uuid.uuid4().hex
         size = self.shard_size
-        shards = [Shard(run_id, n, first, tuple(hosts[first:first + size]), job, self._local)
-                  for n, first in enumerate(range(0, len(hosts), size))]
+        sizing = min(size, len(hosts))
+        shards = [Shard(run_id, n, first, tuple(hosts[first:first + size]), job, self._local,
+                        sizing) for n, first in enumerate(range(0, len(hosts), size))]
         queue = self._distributed.Queue
         results = queue(shards[0].name("results"), client=client)
         tickets = [queue(s.name(f"ticket-{s.number}"), client=client) for s in shards]

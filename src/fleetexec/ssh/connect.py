@@ -12,7 +12,7 @@ import paramiko
 
 from ..exceptions import ConfigError
 from ..host import Host
-from ..options import expand
+from ..resolve import accept_new_file, host_key_policy
 from ..results import Status
 from .credentials import FleetAuth, WeakKeyExchange
 from .failure import Failure
@@ -40,6 +40,8 @@ class UnknownKeyPolicy(paramiko.MissingHostKeyPolicy):
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
         # paramiko asks only when no usable, unrevoked key is recorded for `hostname`.
+        # The name known_hosts uses is ours (HostKeyAlias may differ from paramiko's).
+        hostname = self.host.known_hosts_name
         name = hostname.lower()  # OpenSSH compares and records host names lower-cased
         offered = f"{key.get_name()} {fingerprint(key)}"
         where = f"{hostname} ({offered})"
@@ -50,13 +52,13 @@ class UnknownKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise Failure(Status.HOSTKEY_CHANGED, f"HOST KEY CHANGED for {hostname}: server "
                           f"offers {offered}, known_hosts has only revoked or unusable keys "
                           "for it; refusing")
-        if self.context.options.host_key_policy != "accept-new":
+        if host_key_policy(self.host, self.context.options) != "accept-new":
             raise Failure(
                 Status.HOSTKEY_UNKNOWN,
                 f"host key of {where} is not in known_hosts; verify it and add it, "
                 "or use --host-key-policy accept-new",
             )
-        path = expand(self.host.known_hosts_file or self.context.options.accept_new_file)
+        path = accept_new_file(self.host, self.context.options)
         try:
             # True (appended) and False (this very key was already there) both mean trusted.
             record_host_key(path, name, key)
@@ -134,9 +136,7 @@ def _open_socket_retrying(host: Host, deadline: float, timeout: float,
 
 def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
     try:
-        sock = socket.create_connection(
-            (host.address, host.port), timeout=max(0.001, deadline - time.monotonic())
-        )
+        sock = _create_connection(host, max(0.001, deadline - time.monotonic()))
         # Small SSH packets otherwise wait on delayed ACKs (about 40 ms each).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
@@ -153,6 +153,28 @@ def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
         raise Failure(
             Status.UNREACHABLE, f"cannot connect to port {host.port}: {reason}", retryable=True
         ) from None
+
+
+_FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
+
+
+def _create_connection(host: Host, timeout: float) -> socket.socket:
+    """`socket.create_connection`, limited to the host's AddressFamily (inet, inet6)."""
+    family = _FAMILIES.get(host.address_family or "any", socket.AF_UNSPEC)
+    if family == socket.AF_UNSPEC:
+        return socket.create_connection((host.address, host.port or 22), timeout=timeout)
+    error: OSError | None = None
+    for found, kind, proto, _, address in socket.getaddrinfo(
+            host.address, host.port or 22, family, socket.SOCK_STREAM):
+        sock = socket.socket(found, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as failed:
+            sock.close()
+            error = failed
+    raise error or OSError(f"no {host.address_family} address")
 
 
 def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: float) -> bool:
@@ -191,17 +213,25 @@ def _handshake(
 ) -> None:
     options = context.options
     known = context.known_hosts(host)
+    # paramiko looks the keys up as [address]:port (the address alone on 22); known_hosts
+    # has them under known_hosts_name: the same name, unless HostKeyAlias says otherwise.
+    looked_up = host.address if host.port in (None, 22) else f"[{host.address}]:{host.port}"
     for key_type, key_b64 in known.lookup(host.known_hosts_name):
         key = to_pkey(key_type, key_b64)
         if key is not None and key_b64 not in known.revoked:
-            client.get_host_keys().add(host.known_hosts_name, key_type, key)
+            client.get_host_keys().add(looked_up, key_type, key)
     client.set_missing_host_key_policy(UnknownKeyPolicy(context, host, known))
     user = host.user or ""  # resolve() filled it
-    auth = FleetAuth(user, keys, context.agent_keys, options)
+    # What ssh offers (see FleetAuth): configured keys, the agent's unless IdentitiesOnly,
+    # and the default ~/.ssh/id_* files only when no key file is configured anywhere.
+    agent_keys = () if host.identities_only else context.agent_keys(host)
+    defaults = context.default_keys() if host.default_keys or (
+        host.default_keys is None and not host.key_files) else []
+    auth = FleetAuth(user, keys, agent_keys, options, defaults)
     remaining = max(0.001, alarm.deadline - time.monotonic())
     try:
         client.connect(
-            host.address, port=host.port, username=user, sock=sock, timeout=remaining,
+            host.address, port=host.port or 22, username=user, sock=sock, timeout=remaining,
             banner_timeout=remaining, auth_timeout=remaining, channel_timeout=remaining,
             allow_agent=False, look_for_keys=False, auth_strategy=auth,
             transport_factory=FleetTransport,  # type: ignore[arg-type]
@@ -224,13 +254,7 @@ def _handshake(
                 Status.TIMEOUT, f"connect did not complete within {timeout:g}s"
             ) from None
         if isinstance(error, paramiko.AuthenticationException):
-            tried = len(auth.keys) + len(auth.agent_keys) + (options.password is not None)
-            raise Failure(
-                Status.AUTH_FAILED,
-                f"authentication failed for user {user!r} ({tried} credential(s) tried)"
-                if tried else f"no credentials for user {user!r}: give --key, --use-agent "
-                "or a password",
-            ) from None
+            raise Failure(Status.AUTH_FAILED, _auth_failed(user, auth)) from None
         if isinstance(error, paramiko.SSHException):
             raise Failure(Status.PROTOCOL_ERROR, f"SSH handshake failed: {error}") from None
         if isinstance(error, EOFError | OSError):
@@ -238,3 +262,17 @@ def _handshake(
                 Status.CONNECTION_LOST, "connection closed during the SSH handshake"
             ) from None
         raise
+    transport = client.get_transport()
+    if host.server_alive_interval and isinstance(transport, FleetTransport):
+        transport.start_keepalive(host.server_alive_interval, host.server_alive_count_max)
+
+
+def _auth_failed(user: str, auth: FleetAuth) -> str:
+    """The auth_failed message: how many credentials the server refused, and why no more."""
+    if not auth.tried:
+        return (f"no credentials for user {user!r}: no key configured (--key, inventory "
+                "key_files, IdentityFile), no usable ~/.ssh/id_* file, no agent key and no "
+                "password")
+    more = (" before the server closed the connection (sshd MaxAuthTries?); put the right "
+            "key first with --key or IdentityFile, or use IdentitiesOnly") if auth.closed else ""
+    return f"authentication failed for user {user!r} ({auth.tried} credential(s) tried{more})"

@@ -21,10 +21,12 @@ import paramiko
 
 from ..host import Host
 from ..options import Options, expand
+from ..resolve import known_hosts_files
 from ..results import HostResult, Status
+from ..ssh_config import DEFAULT_IDENTITY_FILES
 from .command import BULK_READERS, Capped, exec_and_drain
 from .connect import connect
-from .credentials import load_private_key
+from .credentials import AgentKeys, load_private_key, try_private_key
 from .failure import Failure, StaleConnection
 from .filecache import FileCache
 from .hostkeys import KnownHosts
@@ -48,13 +50,31 @@ class WorkerContext:
         # Re-read when they change on disk: workers outlive edits (see key(), known_hosts()).
         self._known = FileCache(KnownHosts.load)
         self._keys = FileCache(lambda paths: load_private_key(paths[0], self.options.passphrase))
+        # ~/.ssh/id_*, offered when no key file is configured: None when missing or unusable
+        # (skipped as ssh skips them in batch mode; the parent has said why).
+        self._default_keys = FileCache(
+            lambda paths: try_private_key(paths[0], self.options.passphrase))
         for path in preload_key_files:  # a bad key is a ConfigError before any connection
             self.key(path)
         # Connections kept for the next command (fleet sessions only).
         self.connections: dict[tuple[object, ...], paramiko.SSHClient] = {}
-        self.agent_keys: tuple[paramiko.PKey, ...] = ()
-        if options.use_agent and os.environ.get("SSH_AUTH_SOCK"):
-            self.agent_keys = tuple(paramiko.Agent().get_keys())
+        self.agents = AgentKeys()
+
+    def default_keys(self) -> list[paramiko.PKey]:
+        """The default identity files (`~/.ssh/id_rsa` … in OpenSSH's order) that load."""
+        keys = (self._default_keys.get((expand(p),)) for p in DEFAULT_IDENTITY_FILES)
+        return [key for key in keys if key is not None]
+
+    def agent_keys(self, host: Host) -> tuple[paramiko.PKey, ...]:
+        """The keys of the agent `host` uses (IdentityAgent, else $SSH_AUTH_SOCK); none for
+        `none`, or when the agent cannot be reached."""
+        agent = host.identity_agent or ("none" if self.options.use_agent is False
+                                        else "SSH_AUTH_SOCK")
+        if agent == "none":
+            return ()
+        if agent == "SSH_AUTH_SOCK" or (agent.startswith("$") and not agent.startswith("${")):
+            agent = os.environ.get(agent.removeprefix("$"), "")
+        return self.agents.keys(agent) if agent else ()
 
     def key(self, path: str) -> paramiko.PKey:
         """The private key at `path`, loaded again whenever the file changed (one stat per use).
@@ -77,12 +97,7 @@ class WorkerContext:
         records into is always read too, even when it is not one of the
         known_hosts files: a host with any entry there is not new.
         """
-        files = [expand(p) for p in self.options.known_hosts_files]
-        if host.known_hosts_file:
-            files.append(expand(host.known_hosts_file))
-        if self.options.host_key_policy == "accept-new":
-            files.append(expand(host.known_hosts_file or self.options.accept_new_file))
-        return self._known.get(tuple(dict.fromkeys(files)))
+        return self._known.get(known_hosts_files(host, self.options))
 
     def still_trusted(self, host: Host, client: paramiko.SSHClient) -> bool:
         """Whether a kept connection's host key is still in known_hosts and not revoked."""
@@ -95,6 +110,7 @@ class WorkerContext:
         for client in self.connections.values():
             close_client(client)
         self.connections.clear()
+        self.agents.close()
 
 
 def run_on_host(
@@ -165,7 +181,8 @@ def over_connection(
 
 def _identity(host: Host) -> tuple[object, ...]:
     # What a kept connection was made with: a host whose settings changed gets a new one.
-    return (host.name, host.address, host.port, host.user, host.key_files, host.known_hosts_file)
+    return (host.name, host.address, host.port, host.user, host.key_files, host.known_hosts_file,
+            host.identity_agent, host.identities_only, host.default_keys)
 
 
 def _keep_or_close(

@@ -62,7 +62,7 @@ class SudoGate:
 
     def __init__(self, err: _Sink, user: str | None, password: Secret | None) -> None:
         self._err, self.user, self._password = err, user, password
-        # Letters and digits only: no sudo `%` escape, nothing for any shell to expand.
+        # No `%` (a sudo prompt escape), nothing a shell would expand; random per command.
         self.prompt = f"fleetexec-sudo-prompt-{secrets.token_hex(16)}:".encode()
         self.marker = f"fleetexec-sudo-ran-{secrets.token_hex(16)}".encode()
         self.prompts = 0  # how often sudo asked
@@ -96,13 +96,16 @@ class SudoGate:
         if self.ran:
             self._err.add(chunk)
             return
-        # The tail is shorter than a prompt or the marker, so one found here ends in
-        # this chunk and was not counted before, even when split across chunks.
+        # The tail of the chunks before finds a prompt or the marker split between
+        # chunks; a prompt counts only once, when it ends in this chunk.
         window = self._tail + chunk
         cut = window.find(self.marker)
         before = window if cut < 0 else window[:cut]
-        for _ in range(before.count(self.prompt)):
-            self._asked()
+        at = before.find(self.prompt)
+        while at >= 0:
+            if at + len(self.prompt) > len(self._tail):
+                self._asked()
+            at = before.find(self.prompt, at + len(self.prompt))
         if cut < 0:
             keep = max(len(self.prompt), len(self.marker)) - 1
             self._tail = window[-keep:]

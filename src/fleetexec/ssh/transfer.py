@@ -23,7 +23,7 @@ import shlex
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import paramiko
 
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["transfer_on_host"]
 
-_CHUNK = 1024 * 1024  # local reads and writes; SFTP requests are 32 KiB each anyway
+# One SFTP request each way: paramiko assembles a bigger read from 32 KiB replies (and cuts a
+# bigger write into them) by copying what is left each time, quadratic in the size.
+_CHUNK = paramiko.SFTPFile.MAX_REQUEST_SIZE
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -160,7 +162,13 @@ def _open_sftp(transport: paramiko.Transport, timeout: float,
         if not transport.is_active():
             raise
         raise _Refused(f"the server refused the SFTP subsystem ({error})") from None
-    sftp = paramiko.SFTPClient(channel)
+    try:
+        sftp = paramiko.SFTPClient(channel)
+    except (paramiko.SSHException, EOFError, OSError) as error:
+        channel.close()
+        if not transport.is_active():
+            raise
+        raise _Refused(f"SFTP negotiation failed ({_reason(error)})") from None
     sftp.logger = _SILENT  # type: ignore[assignment]  # per-request debug logging costs CPU
     return sftp
 
@@ -270,8 +278,15 @@ class _Mover:
     def _put_tree(self, local: str, remote: str, info: os.stat_result) -> None:
         existing = self._stat(remote)
         if existing is None:
-            self._remote("put: mkdir", remote, lambda: self.sftp.mkdir(remote))
-        elif not stat.S_ISDIR(existing.st_mode or 0):
+            try:
+                self.sftp.mkdir(remote)
+            except OSError as error:
+                if not self.transport.is_active():
+                    raise
+                existing = self._stat(remote)  # made meanwhile (by a host sharing the disk)?
+                if existing is None:
+                    raise _FileError(f"put: mkdir {remote}: {_reason(error)}") from None
+        if existing is not None and not stat.S_ISDIR(existing.st_mode or 0):
             raise _FileError(f"put {remote}: exists and is not a directory")
         try:
             entries = sorted(os.scandir(local), key=lambda e: e.name)
@@ -321,7 +336,8 @@ class _Mover:
                     with remote_file:
                         remote_file.chmod(0o600)  # unreadable by others until complete
                         remote_file.set_pipelined(True)
-                        while chunk := source.read(_CHUNK):
+                        size = _request_size(self.sftp, remote_file)
+                        while chunk := source.read(size):
                             remote_file.write(chunk)
                             sent += len(chunk)
                             if hasher is not None:
@@ -504,6 +520,7 @@ class _Mover:
                 assert isinstance(remote_file, paramiko.SFTPFile)  # noqa: S101
                 try:
                     with remote_file:
+                        _quiet_prefetch(remote_file)
                         remote_file.prefetch(attrs.st_size)
                         while chunk := remote_file.read(_CHUNK):
                             view = memoryview(chunk)
@@ -516,6 +533,11 @@ class _Mover:
                     if not self.transport.is_active():
                         raise
                     raise _FileError(f"get {remote}: {_reason(error)}") from None
+                except EOFError:  # a prefetched read past the end: it shrank meanwhile
+                    if not self.transport.is_active():
+                        raise
+                    raise _FileError(f"get {remote}: the file changed size during the "
+                                     "transfer") from None
                 if received != attrs.st_size:
                     raise _FileError(f"get {remote}: the file changed size during the "
                                      f"transfer (expected {attrs.st_size} bytes, got "
@@ -524,9 +546,12 @@ class _Mover:
                     raise _FileError(f"get {remote}: checksum mismatch: the host's SHA-256 "
                                      "differs from the received file's")
                 bits = stat.S_IMODE(attrs.st_mode or 0o644) & 0o777
-                os.fchmod(out, bits if self.transfer.preserve else bits & ~self.umask)
-                if self.transfer.preserve:
-                    os.utime(out, (attrs.st_atime or 0, attrs.st_mtime or 0))
+                try:
+                    os.fchmod(out, bits if self.transfer.preserve else bits & ~self.umask)
+                    if self.transfer.preserve:
+                        os.utime(out, (attrs.st_atime or 0, attrs.st_mtime or 0))
+                except OSError as error:
+                    raise _FileError(f"get: {shown}: {_reason(error)}") from None
             finally:
                 os.close(out)
             self._install(temp, name, parent, shown)
@@ -564,6 +589,30 @@ class _Mover:
             raise
         except OSError as error:
             raise _FileError(f"get: {shown}: {_reason(error)}") from None
+
+
+def _request_size(sftp: paramiko.SFTPClient, remote_file: paramiko.SFTPFile) -> int:
+    """The most data one write request carries and still fits one SSH packet (a full
+    32 KiB request plus its header would be split in two: twice the packets, and CPU)."""
+    channel = sftp.get_channel()
+    room = (channel.out_max_packet_size if channel is not None else 0) - 64  # paramiko's cut
+    handle = cast(bytes, remote_file.handle)
+    header = 4 + 1 + 4 + 4 + len(handle) + 8 + 4  # length, type, id, handle, offset, data
+    return max(4096, min(_CHUNK, room - header))
+
+
+def _quiet_prefetch(remote_file: paramiko.SFTPFile) -> None:
+    """paramiko's prefetch thread lets a lost connection escape as an unhandled thread
+    exception (a traceback on stderr); the reading thread reports it anyway."""
+    send_requests = remote_file._prefetch_thread  # type: ignore[attr-defined]
+
+    def quiet(*args: object) -> None:
+        try:
+            send_requests(*args)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    setattr(remote_file, "_prefetch_thread", quiet)  # noqa: B010 - this instance only
 
 
 def _write(fd: int, data: memoryview, shown: str) -> int:

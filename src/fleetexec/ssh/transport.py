@@ -14,7 +14,7 @@ import socket
 
 import paramiko
 from paramiko.channel import Channel
-from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_GLOBAL_REQUEST
 from paramiko.message import Message
 
 __all__ = ["FleetTransport", "close_client"]
@@ -76,6 +76,7 @@ class FleetTransport(paramiko.Transport):
         # slot absorbs at most this much, so the bulk limit really limits.
         super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
+        self._alive_unanswered = 0
         # paramiko logs dozens of lines per connection; failures reach us as
         # results, so the per-packet logging calls are pure cost here.
         self.logger = _SILENT  # type: ignore[assignment]
@@ -83,6 +84,36 @@ class FleetTransport(paramiko.Transport):
 
     def _parse_debug(self, m: Message) -> None:
         pass  # server debug messages: paramiko formats them byte by byte only to log them
+
+    def start_keepalive(self, interval: int, count_max: int | None = None) -> None:
+        """ServerAliveInterval / ServerAliveCountMax, as ssh does them: after `interval`
+        seconds without traffic, ask the server for an answer; once more than
+        `count_max` (default 3) asks went unanswered, hang up, so the host ends
+        `connection_lost` instead of waiting for its command deadline."""
+        limit = 3 if count_max is None else count_max
+
+        def ask() -> None:  # runs on the transport's own thread
+            self._alive_unanswered += 1
+            if self._alive_unanswered > limit:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                return
+            message = Message()
+            message.add_byte(cMSG_GLOBAL_REQUEST)
+            message.add_string("keepalive@openssh.com")
+            message.add_boolean(True)  # want a reply: that is the point
+            self._send_user_message(message)  # type: ignore[attr-defined]
+
+        self._alive_unanswered = 0
+        self.packetizer.set_keepalive(interval, ask)
+
+    def _parse_request_success(self, m: Message) -> None:
+        self._alive_unanswered = 0
+        super()._parse_request_success(m)  # type: ignore[misc]
+
+    def _parse_request_failure(self, m: Message) -> None:
+        self._alive_unanswered = 0  # "request failed" is an answer too
+        super()._parse_request_failure(m)  # type: ignore[misc]
 
 
 def close_client(client: paramiko.SSHClient) -> None:
