@@ -156,6 +156,7 @@ def test_ansible_ssh_spellings_beat_the_plain_ones_across_levels() -> None:
         web1 ansible_user=alice ansible_host=10.0.0.1 ansible_port=2201
         web2 ansible_ssh_host=10.0.0.2 ansible_host=10.9.9.9
         web3 ansible_private_key_file=/keys/web3.pem
+        web4 ansible_connection=paramiko ansible_paramiko_user=p
         [web:vars]
         ansible_ssh_user=deploy
         ansible_ssh_port=2200
@@ -165,6 +166,7 @@ def test_ansible_ssh_spellings_beat_the_plain_ones_across_levels() -> None:
     assert (web1.address, web1.port, web1.user) == ("10.0.0.1", 2200, "deploy")
     assert web2.address == "10.0.0.2"
     assert web3.key_files == ("~/.ssh/web.pem",)
+    assert inv.hosts["web4"].user == "p"  # paramiko's own spelling beats both, for paramiko
 
 
 def test_ini_ranges_letters_and_strides() -> None:
@@ -213,8 +215,10 @@ def test_bad_ranges_are_refused_with_the_line(line: str, message: str) -> None:
         ("[a]\nh1\n[b]\nh1:2222\n", "hosts:4: host 'h1' gets port 2222 here, but it was first "
          "defined on line 2 with no port, and Ansible would ignore this one: set the port where "
          "the host first appears"),
-        ("[a:children]\nb\n[b:children]\na\n",
-         "hosts:4: groups 'b' and 'a' are in a cycle of children"),
+        ("[a:children]\nb\n[b:children]\na\n", "hosts:4: cycle in children: a -> b -> a"),
+        ("[b:children]\nc\n[c]\nh\n[a:children]\nb\n[c:children]\na\n",
+         "hosts:6: cycle in children: b -> c -> a -> b"),
+        ("[web:children]\nall\n", "hosts:2: group 'all' cannot be a child of 'web'"),
     ],
 )
 def test_ini_errors_are_one_line_with_the_line(text: str, message: str) -> None:
@@ -330,6 +334,18 @@ def test_python_tags_are_never_constructed(tmp_path: Path) -> None:
     inv = yml(f"web:\n  hosts:\n    a:\n      app_var: {payload}\n      ansible_user: {payload}\n")
     assert "ansible_user" in inv.refused["a"]
     assert not marker.exists()
+
+
+def test_the_work_a_file_can_cause_is_bounded() -> None:
+    # 56 bytes of INI ranges would make 400,000 names; 991 bytes of YAML aliases, 10^8 nodes
+    assert refused(ini, "".join(f"[g{i}]\nh[1:99999]\n" for i in range(4))) == (
+        "hosts:6: more than 250000 host names in all ranges and lists")
+    bomb = ["l0: &l0 {vars: {x: 1}}"] + [
+        f"l{k}: &l{k} {{children: {{" + ", ".join(f"l{k - 1}{c}: *l{k - 1}" for c in "abcdefghij")
+        + "}}" for k in range(1, 9)]
+    assert refused(yml, "\n".join(bomb) + "\n") == (
+        "hosts.yml:1: more than 1000000 YAML nodes read (aliases and merge keys count each "
+        "time)")
 
 
 # --- refused per host: the inventory loads, selecting the host is the error --------------

@@ -5,7 +5,8 @@ test_host.py, test_render.py) is not repeated here; these tests take the same
 rules through `fleetexec.run` or the CLI: a bad inventory contacts no host, a
 secret shows nowhere, host keys are checked before anything is sent, credentials
 are offered as OpenSSH offers them (and only the configured ones with
-IdentitiesOnly), and nothing a server sends reaches the terminal raw. Real sshd hosts here are 127.0.6.x (accept-new) and 127.0.7.x.
+IdentitiesOnly), and nothing a server sends reaches the terminal raw. Real sshd
+hosts here are 127.0.6.x (accept-new) and 127.0.7.x.
 """
 
 from __future__ import annotations

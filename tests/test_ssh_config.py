@@ -546,6 +546,9 @@ def test_keywords_that_would_change_the_run_are_noted_once_per_run() -> None:
             ControlMaster auto
             SendEnv LANG LC_*
             Bogus thing
+            IgnoreUnknown usekeychain,other*
+            UseKeychain yes
+            OtherThing 1
         """)
     notes: list[str] = []
     resolve(["a", "b", "c"], Options(), notes)
@@ -790,3 +793,24 @@ def test_a_live_server_answers_keepalives(sshd: OpenSSHServer,
     # CountMax 1 hangs up once a second ask goes unanswered: each one is answered
     result = fleetexec.run(["web01"], "sleep 3; echo done")
     assert result["web01"].ok, result["web01"]
+
+
+def test_an_encrypted_identity_file_is_used_through_the_agent_as_ssh_does(
+        sshd: OpenSSHServer, sshd_config: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    config, _ = sshd_config
+    good = load_ssh_private_key(sshd.client_key_path.read_bytes(), None)
+    assert isinstance(good, Ed25519PrivateKey)
+    write_key(Path(os.path.expanduser("~")) / ".ssh" / "locked", good, password=b"pw")
+    config.write_text("Host web03\n    IdentityFile ~/.ssh/locked\n    IdentitiesOnly yes\n"
+                      + config.read_text())
+    # no agent, no passphrase: a configured key is an error before any connection
+    with pytest.raises(ConfigError, match="locked is encrypted"):
+        fleetexec.run(["web03"], "echo fine")
+    assert fleetexec.run(["web03"], "echo fine", passphrase="pw")["web03"].ok
+    with ssh_agent(tmp_path, monkeypatch) as add:
+        add(sshd.client_key_path)  # the same key, in the agent: ssh signs with the agent's copy
+        result = fleetexec.run(["web03"], "echo fine")
+    assert result["web03"].ok, result["web03"]

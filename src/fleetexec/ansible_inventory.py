@@ -112,6 +112,7 @@ _HEX_RANGE = re.compile(r"\[([0-9a-f]+):[0-9a-f]+(?::[0-9]+)?\]", re.IGNORECASE)
 _PATTERN_PART = re.compile(r"(?:[^\s:\[\]]|\[[^\]]*\])+")
 _SUBSCRIPT = re.compile(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]")
 _SET_OPERATOR = re.compile(r"([&!^])")
+_BLANKS = re.compile(r"[ \t]+")  # shlex's whitespace, within one (stripped) line
 # Bounds on the work a file can cause, as in inventory.py.
 _MAX_BYTES = 4 << 20  # one inventory or vars file
 _MAX_VARS_BYTES = 64 << 20  # all group_vars/ and host_vars/ files together
@@ -478,6 +479,7 @@ class _Group:
     parents: list[str] = field(default_factory=list)
     vars: dict[str, _Var] = field(default_factory=dict)
     edges: dict[str, int | None] = field(default_factory=dict)  # child -> line of the link
+    held: set[str] = field(default_factory=set)  # `hosts`, for lookups
     priority: int = 1
     declared: bool = True  # INI: a [name] or [name:children] section was seen
 
@@ -497,14 +499,13 @@ class _Builder:
     def __init__(self, path: str) -> None:
         self.path = path
         self.groups: dict[str, _Group] = {
-            "all": _Group("all", path, None, children=["ungrouped"]),
+            "all": _Group("all", path, None, children=["ungrouped"], edges={"ungrouped": None}),
             "ungrouped": _Group("ungrouped", path, None, parents=["all"]),
         }
         self.hosts: dict[str, _Host] = {}
         self.files: dict[tuple[str, str], tuple[dict[str, _Var], str | None]] = {}
         self.named = self.memberships = self.work = self.vars_bytes = self.files_read = 0
         self.depth: dict[str, int] = {}
-        self.ancestors: dict[str, list[str]] = {}
 
     def fail(self, line: int | None, message: str, key: str | None = None,
              path: str | None = None) -> NoReturn:
@@ -536,8 +537,9 @@ class _Builder:
                 self.fail(line, f"host {name!r} gets port {port} here, but it was first "
                           f"defined on line {self.hosts[name].line} with {first}, and Ansible "
                           "would ignore this one: set the port where the host first appears")
-        if name not in self.groups[group].hosts:
+        if name not in self.groups[group].held:
             self.tally(line, 1)
+            self.groups[group].held.add(name)
             self.groups[group].hosts.append(name)
             self.hosts[name].groups.append(group)
 
@@ -558,9 +560,9 @@ class _Builder:
 
     def child(self, parent: str, child: str, line: int | None) -> None:
         group = self.groups[parent]
-        if child == parent:
-            self.fail(line, f"group {parent!r} cannot be its own child")
-        if child not in group.children:
+        if child == parent or child == "all":
+            self.fail(line, f"group {child!r} cannot be a child of {parent!r}")
+        if child not in group.edges:
             self.tally(line, 1)
             group.children.append(child)
             group.edges[child] = line
@@ -665,8 +667,9 @@ class _Builder:
                               "defined (Ansible refuses this file too)")
 
     def ini_hosts(self, line: str, group: str, number: int) -> None:
-        try:
-            tokens = shlex.split(line, comments=True)
+        try:  # without quotes, backslashes or comments, shlex splits at blanks: faster so
+            tokens = shlex.split(line, comments=True) if any(
+                c in line for c in "'\"\\#") else _BLANKS.split(line)
         except ValueError as exc:
             self.fail(number, f"cannot read the host line: {str(exc).lower()}")
         if not tokens:
@@ -749,9 +752,9 @@ class _Builder:
                 self.fail(_line(value), f"expected a mapping, got {_what(value)}", key=here)
             for k, v in entries:
                 if word == "vars":
-                    var = self.text(k, here, "a variable name")
-                    self.set_var(name, var, functools.partial(self.yaml_value, v, self.path),
-                                 _line(k))
+                    if (var := _name(k)) is not None:
+                        self.set_var(name, var, functools.partial(self.yaml_value, v,
+                                                                  self.path), _line(k))
                 elif word == "children":
                     child = self.yaml_group(self.text(k, here, "a group name"), k, v)
                     self.child(name, child, _line(k))
@@ -770,9 +773,9 @@ class _Builder:
         for name in names:
             self.host(name, group, port, _line(key))
             for k, v in pairs:
-                var = self.text(k, f"{here}.{pattern}", "a variable name")
-                self.set_var(name, var, functools.partial(self.yaml_value, v, self.path),
-                             _line(k))
+                if (var := _name(k)) is not None:
+                    self.set_var(name, var, functools.partial(self.yaml_value, v, self.path),
+                                 _line(k))
 
     def yaml_value(self, node: Node, path: str) -> _Var:
         line = _line(node)
@@ -933,7 +936,7 @@ class _Builder:
             self.fail(_line(root), f"expected a mapping of variables, got {_what(root)}",
                       path=file)
         for k, v in self.pairs(root, "", file):
-            key = self.text(k, "", "a variable name") if isinstance(k, ScalarNode) else ""
+            key = _name(k) or ""
             if key in _TRACKED or _SECRET.fullmatch(key):
                 variables[key] = self.yaml_value(v, file)
         return None
@@ -947,37 +950,38 @@ class _Builder:
         ungrouped = self.groups["ungrouped"]
         for name, host in self.hosts.items():
             others = [g for g in host.groups if g not in ("all", "ungrouped")]
-            if "ungrouped" in host.groups and others:
+            if "ungrouped" in host.groups and others:  # put there by the INI reader
                 host.groups.remove("ungrouped")
-                ungrouped.hosts.remove(name)
+                ungrouped.held.remove(name)
             elif not others and "ungrouped" not in host.groups:
                 self.host(name, "ungrouped", None, host.line)
+        ungrouped.hosts = [h for h in ungrouped.hosts if h in ungrouped.held]
         self.order_groups()
 
     def order_groups(self) -> None:
-        """Depth (the longest way down from `all`) and ancestors of every group; a cycle
-        is refused where its last link is written."""
+        """The depth of every group (the longest way down from `all`, as Ansible counts
+        it); a cycle of children is refused, located at one of its links."""
         waiting = {name: len(group.parents) for name, group in self.groups.items()}
         ready = ["all"]
         self.depth = {"all": 0}
-        self.ancestors = {"all": []}
         while ready:
             name = ready.pop()
             for child in self.groups[name].children:
                 self.depth[child] = max(self.depth.get(child, 0), self.depth[name] + 1)
                 waiting[child] -= 1
                 if not waiting[child]:
-                    parents = self.groups[child].parents
-                    self.ancestors[child] = list(dict.fromkeys(
-                        a for p in parents for a in (p, *self.ancestors[p])))
-                    self.tally(self.groups[child].line, len(self.ancestors[child]))
                     ready.append(child)
-        stuck = [name for name, count in waiting.items() if count and name != "all"]
-        if stuck:
-            group = self.groups[stuck[0]]
-            parent = next(p for p in group.parents if p in stuck)
-            self.fail(self.groups[parent].edges.get(stuck[0]),
-                      f"groups {parent!r} and {stuck[0]!r} are in a cycle of children")
+        stuck = {name for name, count in waiting.items() if count}
+        if stuck:  # each has a parent that is stuck too: walk up until a group repeats
+            trail = [next(name for name in self.groups if name in stuck)]
+            while True:
+                parent = next(p for p in self.groups[trail[-1]].parents if p in stuck)
+                if parent in trail:  # parent → trail[-1] → ... → parent, each a parent of the next
+                    cycle = [parent, *reversed(trail[trail.index(parent):])]
+                    break
+                trail.append(parent)
+            self.fail(self.groups[cycle[-2]].edges.get(cycle[-1]),
+                      f"cycle in children: {' -> '.join(cycle)}")
 
     def members(self, name: str) -> list[str]:
         """A group's hosts in Ansible's order: its own, then its children's, level by level."""
@@ -1214,6 +1218,13 @@ def _kind(value: Any) -> str:
         return value.what
     return {bool: "a boolean", int: "a number", float: "a number", type(None): "None"}.get(
         type(value), "text")
+
+
+def _name(node: Node) -> str | None:
+    """A variable's name; None for a key no connection setting has (`8080:`, a list)."""
+    if isinstance(node, ScalarNode) and node.tag in (_STR, "!unsafe"):
+        return str(node.value)
+    return None
 
 
 def _line(node: Node) -> int | None:

@@ -121,7 +121,7 @@ _HOST_FLAGS = [
     click.option("--identities-only", is_flag=True, help=_help("identities_only")),
     click.option("-F", "--ssh-config", metavar="FILE", help=_help("ssh_config")),
     click.option("--no-ssh-config", "use_ssh_config", is_flag=True, flag_value=False,
-                 default=True, help=_help("use_ssh_config")),
+                 default=True, help="Read no OpenSSH client config at all."),
     click.option("--known-hosts", multiple=True, type=click.Path(dir_okay=False),
                  help=_help("known_hosts") + " Repeatable."),
     click.option("--system-known-hosts/--no-system-known-hosts", default=True,
@@ -681,7 +681,8 @@ def demo(count: int, output_format: str, command: tuple[str, ...]) -> None:
         with open(fleet.inventory_path, encoding="utf-8") as file:
             click.echo("".join(f"#   {line}" for line in file), nl=False, err=True)
         hosts = load_inventory(fleet.inventory_path).select()
-        options = Options(system_known_hosts=False)  # the inventory names its known_hosts
+        # The inventory names its known_hosts; the user's ssh config has no say on mock hosts.
+        options = Options(system_known_hosts=False, use_ssh_config=False)
         result = _execute(hosts, " ".join(command) or "df -h /", options, None, output_format,
                           progress=False)
     sys.exit(result.exit_code)

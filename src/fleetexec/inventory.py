@@ -1,6 +1,7 @@
 """Load and check a YAML inventory, and select hosts from it.
 
-This is the only module that imports `yaml`. The text is parsed with
+This and ansible_inventory.py (Ansible's formats, which `load_inventory` detects)
+are the only modules importing `yaml`. The text is parsed with
 `yaml.compose` into a node tree that is walked by hand: no Python object is
 ever built from the document (so `!!python/...` tags cannot run code), every
 key keeps its line number, and the YAML 1.1 typing traps (`port: 0022` is 18,

@@ -405,7 +405,7 @@ def render_hosts_json(explained: Sequence[Resolved], options: Options) -> str:
         hosts.append({
             "name": h.name, "address": h.address, "port": h.port, "user": h.user,
             "key_files": list(h.key_files),
-            "default_keys": list(default_identity_files()) if h.default_keys else [],
+            "default_identity_files": list(default_identity_files()) if h.default_keys else [],
             "identities_only": h.identities_only, "identity_agent": agent,
             "agent_socket": None if h.identities_only else socket or None,
             "connect_timeout": h.connect_timeout, "command_timeout": h.command_timeout,

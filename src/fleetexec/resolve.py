@@ -338,11 +338,26 @@ def identity_notes(hosts: Iterable[Host], options: Options) -> list[str]:
     """Notes on default identity files ssh (in batch mode) would skip, and so do the workers:
     unreadable, readable by others, encrypted with no passphrase given, or a key type
     paramiko cannot use. Only for hosts that are offered them (no key file configured)."""
-    if not any(h.default_keys or (h.default_keys is None and not h.key_files) for h in hosts):
+    offered = [h for h in hosts if h.default_keys or (h.default_keys is None
+                                                        and not h.key_files)]
+    if not offered:
         return []
+    # An encrypted default file is the usual companion of an agent holding its key: said
+    # only when no host has an agent to fall back on (ssh in batch mode says nothing).
+    agent = any(_agent_socket(h, options) for h in offered)
     notes = []
     for path in default_identity_files():
         problem = identity_file_problem(path, options.passphrase is not None)
-        if problem is not None:
+        if problem is not None and not (agent and "encrypted" in problem):
             notes.append(f"default identity {path} {problem}; skipped")
     return notes
+
+
+def _agent_socket(host: Host, options: Options) -> str | None:
+    """The agent socket `host` would use, if it exists."""
+    agent = host.identity_agent or ("none" if options.use_agent is False else "SSH_AUTH_SOCK")
+    if agent == "none" or host.identities_only:
+        return None
+    if agent == "SSH_AUTH_SOCK" or (agent.startswith("$") and not agent.startswith("${")):
+        agent = os.environ.get(agent.removeprefix("$"), "")
+    return agent if agent and os.path.exists(agent) else None

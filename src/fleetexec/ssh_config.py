@@ -45,7 +45,7 @@ from typing import TypeVar
 from .exceptions import ConfigError
 
 __all__ = ["DEFAULT_IDENTITY_FILES", "EXEC_TIMEOUT", "HostConfig", "SshConfig",
-           "default_config_files", "identity_file_problem"]
+           "default_config_files", "identity_file_problem", "public_key_blob"]
 
 USER_CONFIG = "~/.ssh/config"
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
@@ -363,8 +363,10 @@ class SshConfig:
             if test(value):
                 notes.append(f"{line.where}: {line.keyword} {value} is not supported; "
                              f"{consequence}")
+        ignore = values.first.get("ignoreunknown")
         for line in values.unknown:
-            notes.append(f"{line.where}: unknown keyword {line.keyword!r} ignored")
+            if ignore is None or _pattern_list(line.keyword, ignore.args[0].lower()) != 1:
+                notes.append(f"{line.where}: unknown keyword {line.keyword!r} ignored")
         return HostConfig(name=name, hostname=host, where=where, notes=tuple(notes),
                           **out)  # type: ignore[arg-type]
 
@@ -470,6 +472,8 @@ class _Pass:
         elif keyword == "hostname" and self.final:
             pass  # ssh fixed the host name before the final pass
         elif keyword in HONOURED:
+            values.first.setdefault(keyword, line)
+        elif keyword == "ignoreunknown":
             values.first.setdefault(keyword, line)
         elif keyword in _NOTED:
             if keyword not in values.first:
@@ -875,6 +879,34 @@ def identity_file_problem(path: str, have_passphrase: bool) -> str | None:
     if (_openssh_type(text) or "").startswith("sk-"):
         return "is a security-key (sk) key, which paramiko does not support"
     return None
+
+
+def public_key_blob(path: str) -> bytes | None:
+    """The public key of private key file `path`, read without decrypting it: from
+    `path.pub`, else from the file's own clear public part (OpenSSH format). None if
+    neither is there. How ssh matches an encrypted IdentityFile with the agent's copy."""
+    import base64
+    import binascii
+
+    try:
+        with open(path + ".pub", encoding="ascii", errors="replace") as stream:
+            fields = stream.read(64 * 1024).split()
+        return base64.b64decode(fields[1], validate=True) if len(fields) >= 2 else None
+    except (OSError, ValueError, binascii.Error):
+        pass
+    try:
+        with open(path, "rb") as stream:
+            blob = _openssh_blob(stream.read(64 * 1024).decode("ascii", errors="replace"))
+    except OSError:
+        return None
+    if blob is None:
+        return None
+    strings = _openssh_strings(blob, 3)
+    at = len(b"openssh-key-v1\0") + sum(4 + len(s) for s in strings) + 4
+    if len(strings) < 3 or at + 4 > len(blob):
+        return None
+    size = int.from_bytes(blob[at:at + 4], "big")
+    return blob[at + 4: at + 4 + size] or None
 
 
 def _openssh_blob(text: str) -> bytes | None:

@@ -78,7 +78,7 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
     assert timeout is not None  # noqa: S101 - resolve() fills it
     deadline = begin + timeout
     try:  # before connecting: a key file deleted or spoilt since the last use is refused here
-        keys = [context.key(p) for p in host.key_files]
+        keys = [context.configured_key(host, p) for p in host.key_files]
     except ConfigError as error:
         raise Failure(Status.ERROR, str(error)) from None
     attempts = 0

@@ -34,7 +34,8 @@ from paramiko.message import Message
 from ..exceptions import ConfigError
 from ..options import Options, Secret, expand
 
-__all__ = ["AgentKeys", "FleetAuth", "WeakKeyExchange", "load_private_key", "try_private_key"]
+__all__ = ["AgentKeys", "FleetAuth", "NeedsPassphrase", "WeakKeyExchange", "load_private_key",
+           "try_private_key"]
 
 _AGENT_REFRESH = 5.0  # seconds before an agent's key list is asked for again
 _AGENT_TIMEOUT = 10.0
@@ -66,10 +67,14 @@ def load_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey:
         needs_passphrase = isinstance(error, paramiko.PasswordRequiredException) or (
             isinstance(error, TypeError) and "password" in str(error))
         if needs_passphrase and secret is None:
-            raise ConfigError(f"key file {full} is encrypted: set FLEETEXEC_PASSPHRASE or use "
-                              "--ask-passphrase") from None
+            raise NeedsPassphrase(f"key file {full} is encrypted: set FLEETEXEC_PASSPHRASE or "
+                                  "use --ask-passphrase") from None
         reason = "wrong passphrase or not a private key" if secret else "not a private key"
         raise ConfigError(f"key file {full}: {reason} ({type(error).__name__})") from None
+
+
+class NeedsPassphrase(ConfigError):
+    """An encrypted key file and no passphrase: usable only if the agent holds its key."""
 
 
 def try_private_key(path: str, passphrase: Secret | None) -> paramiko.PKey | None:

@@ -23,10 +23,10 @@ from ..host import Host
 from ..options import Options, expand
 from ..resolve import known_hosts_files
 from ..results import HostResult, Status
-from ..ssh_config import DEFAULT_IDENTITY_FILES
+from ..ssh_config import DEFAULT_IDENTITY_FILES, public_key_blob
 from .command import BULK_READERS, Capped, exec_and_drain
 from .connect import connect
-from .credentials import AgentKeys, load_private_key, try_private_key
+from .credentials import AgentKeys, NeedsPassphrase, load_private_key, try_private_key
 from .failure import Failure, StaleConnection
 from .filecache import FileCache
 from .hostkeys import KnownHosts
@@ -54,11 +54,15 @@ class WorkerContext:
         # (skipped as ssh skips them in batch mode; the parent has said why).
         self._default_keys = FileCache(
             lambda paths: try_private_key(paths[0], self.options.passphrase))
+        self.agents = AgentKeys()
         for path in preload_key_files:  # a bad key is a ConfigError before any connection
-            self.key(path)
+            try:
+                self.key(path)
+            except NeedsPassphrase:  # fine if the agent holds it (as ssh uses it then)
+                if _agent_copy(self.agent_keys(Host("localhost")), path) is None:
+                    raise
         # Connections kept for the next command (fleet sessions only).
         self.connections: dict[tuple[object, ...], paramiko.SSHClient] = {}
-        self.agents = AgentKeys()
 
     def default_keys(self) -> list[paramiko.PKey]:
         """The default identity files (`~/.ssh/id_rsa` … in OpenSSH's order) that load."""
@@ -88,6 +92,18 @@ class WorkerContext:
         A connection kept open from before stays usable, like a ControlMaster.
         """
         return self._keys.get((expand(path),))
+
+    def configured_key(self, host: Host, path: str) -> paramiko.PKey:
+        """`key(path)`, or, for a file encrypted with no passphrase given, the agent's copy of
+        its key (matched by its public key, as ssh matches it), when `host`'s agent holds it.
+        Raises `ConfigError` as `key` does otherwise."""
+        try:
+            return self.key(path)
+        except NeedsPassphrase:
+            copy = _agent_copy(self.agent_keys(host), path)
+            if copy is None:
+                raise
+            return copy
 
     def known_hosts(self, host: Host) -> KnownHosts:
         """The parsed known_hosts files that apply to `host`, parsed again when one changed.
@@ -177,6 +193,12 @@ def over_connection(
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
     return _keep_or_close(result, host, context, opened[0] if opened else None, reuse)
+
+
+def _agent_copy(agent_keys: Sequence[paramiko.PKey], path: str) -> paramiko.PKey | None:
+    """The agent key whose public key is that of key file `path` (or its `.pub`)."""
+    blob = public_key_blob(expand(path))
+    return next((k for k in agent_keys if blob is not None and k.asbytes() == blob), None)
 
 
 def _identity(host: Host) -> tuple[object, ...]:
