@@ -284,7 +284,7 @@ def test_render_hosts_exact() -> None:
         "command timeout    known_hosts    groups",
         "------  ---------  ------  ------  -----------------  -----------------  "
         "-----------------  -------------  --------",
-        "web1    web1       22      deploy  ~/.ssh/a,~/.ssh/b  5s                 "
+        "web1    web1       -       deploy  ~/.ssh/a,~/.ssh/b  5s                 "
         "60s                kh             web,prod",
         "db1     10.0.0.7   2222    -       -                  -                  "
         "-                  -              -",

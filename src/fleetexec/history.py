@@ -314,7 +314,8 @@ def _host(entry: Any) -> Host:
         return None if value is None else float(value)
 
     return Host(
-        name=_text(entry["name"]), address=_text(entry["address"]), port=int(entry["port"]),
+        name=_text(entry["name"]), address=_text(entry["address"]),
+        port=_optional(entry["port"], int),
         user=_optional(entry["user"], str),
         key_files=tuple(_text(p) for p in entry["key_files"]),
         connect_timeout=timeout(entry["connect_timeout"]),

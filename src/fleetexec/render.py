@@ -368,7 +368,7 @@ def render_hosts(hosts: Sequence[Host]) -> str:
         [
             sanitize(h.name, single_line=True),
             sanitize(h.address, single_line=True),
-            str(h.port),
+            _optional(h.port),
             _optional(h.user),
             sanitize(",".join(h.key_files), single_line=True) or "-",
             _optional(h.connect_timeout, "s"),

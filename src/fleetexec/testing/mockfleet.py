@@ -152,7 +152,9 @@ class MockFleet:
         """`fleetexec.run(command)` on every host of this fleet, through the real pipeline.
 
         Host keys are checked strictly against this fleet's known_hosts only
-        (`system_known_hosts=False` unless you pass it); other options go to
+        (`system_known_hosts=False` unless you pass it), and neither your ssh
+        config nor your agent applies (`use_ssh_config=False`, `use_agent=False`),
+        so a test means the same on every machine; other options go to
         `fleetexec.run` unchanged.
 
             result = fleet.run("uptime", command_timeout=2)
@@ -162,6 +164,8 @@ class MockFleet:
         from ..inventory import load_inventory
 
         options.setdefault("system_known_hosts", False)
+        options.setdefault("use_ssh_config", False)
+        options.setdefault("use_agent", False)
         return run(load_inventory(self.inventory_path).select(), command, **options)
 
     def client(self, name: str, *, timeout: float = 5.0) -> paramiko.SSHClient:
