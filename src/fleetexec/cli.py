@@ -315,19 +315,7 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
     else:
         hosts, options = _selected_hosts(selection, opts)
     writer = _outdir_writer(opts, hosts)
-    password = os.environ.get("FLEETEXEC_PASSWORD")
-    if opts["ask_password"]:
-        password = click.prompt("SSH password", hide_input=True, err=True)
-    passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
-    if opts["ask_passphrase"]:
-        passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
-    sudo_password = os.environ.get("FLEETEXEC_SUDO_PASSWORD") or None
-    if opts["ask_sudo_password"]:
-        if not options.sudo:
-            raise click.UsageError("--ask-sudo-password needs --sudo")
-        sudo_password = click.prompt("sudo password", hide_input=True, err=True)
-    options = options.replace(password=password, passphrase=passphrase,
-                              sudo_password=sudo_password if options.sudo else None)
+    options = _with_secrets(options, opts)
     backend: Backend | None = None
     if opts["persist"]:
         from .agent import AgentBackend
@@ -452,6 +440,23 @@ def _transfer_options(function: Any) -> Any:
     return function
 
 
+def _with_secrets(options: Options, opts: dict[str, Any]) -> Options:
+    """The secrets, from the environment or asked once here, in the parent; never flags."""
+    password = os.environ.get("FLEETEXEC_PASSWORD")
+    if opts["ask_password"]:
+        password = click.prompt("SSH password", hide_input=True, err=True)
+    passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
+    if opts["ask_passphrase"]:
+        passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
+    sudo_password = os.environ.get("FLEETEXEC_SUDO_PASSWORD") or None
+    if opts.get("ask_sudo_password"):
+        if not options.sudo:
+            raise click.UsageError("--ask-sudo-password needs --sudo")
+        sudo_password = click.prompt("sudo password", hide_input=True, err=True)
+    return options.replace(password=password, passphrase=passphrase,
+                           sudo_password=sudo_password if options.sudo else None)
+
+
 def _transfer(opts: dict[str, Any], make: Any) -> NoReturn:
     """put / get: hosts and secrets as `run` takes them, then the transfer `make()` builds."""
     hosts, options = _selected_hosts((), opts)
@@ -459,13 +464,7 @@ def _transfer(opts: dict[str, Any], make: Any) -> NoReturn:
         transfer = make()
     except FleetError as error:
         _fail(str(error))
-    password = os.environ.get("FLEETEXEC_PASSWORD")
-    if opts["ask_password"]:
-        password = click.prompt("SSH password", hide_input=True, err=True)
-    passphrase = os.environ.get("FLEETEXEC_PASSPHRASE")
-    if opts["ask_passphrase"]:
-        passphrase = click.prompt("Key passphrase", hide_input=True, err=True)
-    options = options.replace(password=password, passphrase=passphrase)
+    options = _with_secrets(options, opts)
     result = _execute(hosts, transfer.describe(), options, None, opts["output_format"],
                       opts["progress"], opts["quiet"], save=not opts["no_save"],
                       transfer=transfer)

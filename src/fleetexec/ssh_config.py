@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .exceptions import ConfigError
+from .patterns import match_list
 
 __all__ = ["DEFAULT_IDENTITY_FILES", "EXEC_TIMEOUT", "HostConfig", "SshConfig",
            "default_config_files", "identity_file_problem", "public_key_blob"]
@@ -701,46 +702,12 @@ def _argv_split(text: str) -> list[str] | None:
 
 def _host_matches(host: str, line: _Line) -> bool:
     """A `Host` line: some pattern matches `host` and no `!pattern` does (case-sensitive)."""
-    matched = False
-    for pattern in line.args:
-        negated = pattern.startswith("!")
-        if _glob(host, pattern[1:] if negated else pattern):
-            if negated:
-                return False
-            matched = True
-    return matched
+    return match_list(host, line.args) == 1
 
 
 def _pattern_list(text: str, patterns: str, lower: bool = False) -> int:
     """match.c's match_pattern_list: 1 on a match, -1 on a negated match, else 0."""
-    positive = 0
-    for pattern in patterns.split(","):
-        negated = pattern.startswith("!")
-        pattern = pattern[1:] if negated else pattern
-        if _glob(text, pattern.lower() if lower else pattern):
-            if negated:
-                return -1
-            positive = 1
-    return positive
-
-
-def _glob(name: str, pattern: str) -> bool:
-    """`*` any run, `?` one character, all else literal; linear-time backtracking."""
-    n = p = 0
-    star, resume = -1, 0
-    while n < len(name):
-        if p < len(pattern) and pattern[p] == "*":
-            star, resume = p, n
-            p += 1
-        elif p < len(pattern) and pattern[p] in ("?", name[n]):
-            n += 1
-            p += 1
-        elif star >= 0:
-            p, resume = star + 1, resume + 1
-            n = resume
-        else:
-            return False
-    return pattern[p:].strip("*") == ""
+    return match_list(text, (p.lower() if lower else p for p in patterns.split(",")))
 
 
 # ---- values ---------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from ..patterns import match_list
+
 __all__ = ["HostKeyConflict", "KnownHosts", "fingerprint", "record_host_key"]
 
 
@@ -130,37 +132,7 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     Both sides are lower-cased already. A `[host]:port` name is matched as
     written, so `[10.0.0.*]:2222` covers port 2222 only and `*` covers all.
     """
-    positive = False
-    for pattern in patterns:
-        if pattern.startswith("!"):
-            if _glob(name, pattern[1:]):
-                return False  # a negated match vetoes the whole line
-        elif not positive:
-            positive = _glob(name, pattern)
-    return positive
-
-
-def _glob(name: str, pattern: str) -> bool:
-    """`*` any run, `?` one character, all else literal (`[` included, unlike fnmatch).
-
-    Greedy, backtracking only to the last `*`: O(len(name) * len(pattern)) even for
-    patterns like `*a*a*a*b`, where a regex backtracks combinatorially.
-    """
-    n = p = 0
-    star, resume = -1, 0
-    while n < len(name):
-        if p < len(pattern) and pattern[p] == "*":
-            star, resume = p, n
-            p += 1
-        elif p < len(pattern) and pattern[p] in ("?", name[n]):
-            n += 1
-            p += 1
-        elif star >= 0:  # let the last `*` swallow one more character and retry
-            p, resume = star + 1, resume + 1
-            n = resume
-        else:
-            return False
-    return pattern[p:].strip("*") == ""
+    return match_list(name, patterns) == 1
 
 
 def to_pkey(key_type: str, key_b64: str) -> paramiko.PKey | None:
