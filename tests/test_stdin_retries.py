@@ -101,3 +101,13 @@ def test_no_retries_by_default_and_a_timeout_is_never_retried():
     result = fleetexec.run([Host("gone", address="127.0.0.1", port=closed_port())], "true",
                            connect_timeout=5, system_known_hosts=False)
     assert "attempts" not in result["gone"].error
+
+
+def test_stdin_on_the_mock_fleet(tmp_path):
+    from fleetexec.testing import MockFleet, MockHost
+
+    with MockFleet([MockHost(passthrough=True), MockHost(passthrough=True)]) as fleet:
+        with fleetexec.FleetSession(fleetexec.load_inventory(fleet.inventory_path).select(),
+                                    system_known_hosts=False, use_ssh_config=False) as session:
+            result = session.run("tr a-z A-Z", stdin=b"shout\n")
+    assert [r.stdout for r in result.values()] == [b"SHOUT\n", b"SHOUT\n"]

@@ -7,6 +7,7 @@ load mockssh's packaged host key or run commands locally are replaced (see the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -200,7 +201,7 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
     def _passthrough(self, channel: paramiko.Channel, command: bytes) -> None:
         """Run the command in a local shell, as mockssh does, but only when opted in."""
         with subprocess.Popen(  # noqa: S602 - passthrough=True is the user's explicit ask
-            command, shell=True, stdin=subprocess.DEVNULL,
+            command, shell=True, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         ) as proc:
             pumps = [
@@ -209,6 +210,8 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
                     target=_pump, args=(proc.stderr, channel.sendall_stderr), daemon=True
                 ),
             ]
+            # The client's input, until its end of file, as a real sshd passes it on.
+            threading.Thread(target=_feed, args=(channel, proc), daemon=True).start()
             for pump in pumps:
                 pump.start()
             while proc.poll() is None:
@@ -238,6 +241,19 @@ def _pump(stream: io.BufferedReader, send: Callable[[bytes], None]) -> None:
             send(chunk)
     except (OSError, ValueError):
         pass  # channel gone: stop; the poll loop in _passthrough kills the process
+
+
+def _feed(channel: paramiko.Channel, proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None  # noqa: S101 - stdin=PIPE above
+    try:
+        while chunk := channel.recv(65536):
+            proc.stdin.write(chunk)
+            proc.stdin.flush()
+    except (OSError, ValueError):
+        pass  # the command ended first, or the channel went away
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.close()
 
 
 def _send_exit_signal(channel: paramiko.Channel, name: str) -> None:
