@@ -350,7 +350,7 @@ def test_cli_run_parses_into_the_options_it_hands_the_session(monkeypatch):
         seen.update(hosts=hosts, command=command, options=options, format=output_format)
         raise SystemExit(0)
 
-    monkeypatch.setattr("fleetexec.cli._execute", fake_execute)
+    monkeypatch.setattr("fleetexec.cli.run._execute", fake_execute)
     done = CliRunner().invoke(main, [
         "run", "-H", "alice@web[1-2]", "-t", "5", "--connect-timeout", "2", "-P", "7",
         "--batch", "50%", "--max-fail", "1", "--known-hosts", "kh", "-o", "stream",

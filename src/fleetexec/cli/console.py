@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from .backends import Output
-from .host import Host
-from .render import LiveLines, render_jsonl_line, render_progress_line
-from .results import HostResult, Status
+from ..backends import Output
+from ..host import Host
+from ..render import LiveLines, render_jsonl_line, render_progress_line
+from ..results import HostResult, Status
 
 __all__ = ["Console"]
 
