@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from fleetexec.ansible_inventory import AnsibleInventory, detect_format, parse_ansible_inventory
+from fleetexec.ansible import AnsibleInventory, detect_format, parse_ansible_inventory
 from fleetexec.cli import main
 from fleetexec.exceptions import InventoryError
 from fleetexec.host import check_hostname

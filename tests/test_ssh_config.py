@@ -1,4 +1,4 @@
-"""The OpenSSH client config (ssh_config.py) against `ssh -G`, and its place in resolve().
+"""The OpenSSH client config (sshconfig/) against `ssh -G`, and its place in resolve().
 
 Ground truth is the installed OpenSSH client: each config here is written to a temp
 dir and looked up both ways, `ssh -G -F FILE HOST` and `SshConfig.lookup`, for every
@@ -35,7 +35,7 @@ import fleetexec
 from fleetexec import ConfigError, Options, Status
 from fleetexec.inventory import parse_inventory
 from fleetexec.resolve import accept_new_file, explain, known_hosts_files, resolve
-from fleetexec.ssh_config import (
+from fleetexec.sshconfig import (
     DEFAULT_IDENTITY_FILES,
     HostConfig,
     SshConfig,

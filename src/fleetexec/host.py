@@ -30,7 +30,7 @@ class Host:
     secret is ever stored in a `Host`.
 
     The fields after `known_hosts_file` mostly come from the ssh config
-    (`ssh_config.py`): whether to offer the default `~/.ssh/id_*` files when
+    (`sshconfig/`): whether to offer the default `~/.ssh/id_*` files when
     no key file is configured (`default_keys`), `IdentitiesOnly`, the agent
     socket (`identity_agent`: "none", "SSH_AUTH_SOCK", "$VAR" or a path), the
     known_hosts files read in place of `~/.ssh/known_hosts` and

@@ -1,6 +1,6 @@
 """Load and check a YAML inventory, and select hosts from it.
 
-This and ansible_inventory.py (Ansible's formats, which `load_inventory` detects)
+This and ansible/yaml_reader.py (Ansible's formats, which `load_inventory` detects)
 are the only modules importing `yaml`. The text is parsed with
 `yaml.compose` into a node tree that is walked by hand: no Python object is
 ever built from the document (so `!!python/...` tags cannot run code), every
@@ -180,7 +180,7 @@ def _glob(pattern: str) -> str:
 def load_inventory(path: str | os.PathLike[str], format: str | None = None) -> Inventory:
     """Read, parse and check the inventory file at `path`.
 
-    `format` is `fleetexec`, `ansible-yaml` or `ansible-ini` (see ansible_inventory.py);
+    `format` is `fleetexec`, `ansible-yaml` or `ansible-ini` (see the ansible package);
     None detects it from the text. A UTF-8 BOM is accepted; any other encoding is
     refused. Raises `InventoryError` naming the file (and the line, where there is one).
     """
@@ -201,7 +201,7 @@ def load_inventory(path: str | os.PathLike[str], format: str | None = None) -> I
         raise InventoryError(f"not valid UTF-8 (byte {data[exc.start]:#04x}); save it as UTF-8",
                              path=name, line=data.count(b"\n", 0, exc.start) + 1) from None
     if format != "fleetexec":
-        from .ansible_inventory import detect_format, parse_ansible_inventory
+        from .ansible import detect_format, parse_ansible_inventory
 
         format = format or detect_format(text, name)
         if format != "fleetexec":

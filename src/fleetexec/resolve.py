@@ -6,7 +6,7 @@ From strongest to weakest:
    `Options` given by CLI flags or API keywords;
 2. the inventory host, then its groups (a child beats its parents), then the
    inventory's defaults (already merged by `inventory.py` into the `Host`);
-3. the OpenSSH client config (`ssh_config.py`: `~/.ssh/config`, then
+3. the OpenSSH client config (`sshconfig/`: `~/.ssh/config`, then
    `/etc/ssh/ssh_config`, or `-F FILE`), looked up by the host's name, with
    everything above preset as `ssh -l/-p/-o HostName=` would be: its `HostName`
    applies only when the inventory gave no `address`;
@@ -30,7 +30,7 @@ from typing import Any
 from .exceptions import ConfigError
 from .host import Host, check_hostname, check_user
 from .options import SYSTEM_KNOWN_HOSTS, Options, builtin, expand
-from .ssh_config import (
+from .sshconfig import (
     DEFAULT_IDENTITY_FILES,
     HostConfig,
     SshConfig,

@@ -48,6 +48,7 @@ _TEMPLATE = re.compile(r"\{\{|\{%|\{#")
 _TRUE = frozenset({"y", "yes", "on", "1", "true", "t"})
 _FALSE = frozenset({"n", "no", "off", "0", "false", "f"})
 
+
 def is_secret(key: str) -> bool:
     """Whether variable `key` holds a password or key text (its value is never shown)."""
     return bool(_SECRET.fullmatch(key))
@@ -111,7 +112,7 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
             return refuse(f"connects with {value!r}, not SSH; fleetexec runs commands over "
                           "SSH only", connection, "ansible_connection")
     for key, var in merged.items():
-        if _SECRET.fullmatch(key) and var.value not in (None, ""):
+        if is_secret(key) and var.value not in (None, ""):
             return refuse(f"has a secret in {key} (not shown): {_CREDENTIALS_ELSEWHERE}",
                           var, key)
 

@@ -23,7 +23,7 @@ from ..host import Host
 from ..options import Options, expand
 from ..resolve import known_hosts_files
 from ..results import HostResult, Status
-from ..ssh_config import DEFAULT_IDENTITY_FILES, public_key_blob
+from ..sshconfig import DEFAULT_IDENTITY_FILES, public_key_blob
 from .command import BULK_READERS, Capped, exec_and_drain
 from .connect import connect
 from .credentials import AgentKeys, NeedsPassphrase, load_private_key, try_private_key
