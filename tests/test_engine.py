@@ -312,8 +312,13 @@ def test_the_in_process_backend_starts_no_process():
         from fleetexec.backends.inprocess import InProcessBackend
         status = fleetexec.run(["127.0.0.1:{port}"], "true", backend=InProcessBackend(),
                                connect_timeout=2)["127.0.0.1"].status
-        children = [p for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()
-                    and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())]
+        def parent(p):
+            try:  # a process may end while /proc is listed
+                return (p / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                return None
+        children = [p for p in pathlib.Path("/proc").iterdir()
+                    if p.name.isdigit() and parent(p) == str(os.getpid())]
         print(status, len(children))
     """)
     done = subprocess.run([sys.executable, "-c", script.format(port=closed_port())],

@@ -14,10 +14,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetexec import inventory
 from fleetexec.exceptions import InventoryError
 from fleetexec.host import Host
 from fleetexec.inventory import Inventory, hosts_from_targets, load_inventory, parse_inventory
+from fleetexec.inventory import loader as inventory_loader
+from fleetexec.inventory import parser as inventory_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 VAULT = ("secrets do not belong in the inventory; "
@@ -720,7 +721,7 @@ def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     """Run the test with libyaml's parser (the default when PyYAML has it) and PyYAML's own."""
     if LOADERS[request.param] is None:
         pytest.skip("PyYAML is built without libyaml")
-    monkeypatch.setattr(inventory, "_LOADER", LOADERS[request.param])
+    monkeypatch.setattr(inventory_loader, "_LOADER", LOADERS[request.param])
     return str(request.param)
 
 
@@ -817,7 +818,7 @@ def test_load_accepts_a_utf8_bom_and_crlf(tmp_path: Path) -> None:
 
 
 def test_load_refuses_a_huge_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inventory, "_MAX_BYTES", 3 << 20)
+    monkeypatch.setattr(inventory_loader, "_MAX_BYTES", 3 << 20)
     path = tmp_path / "inv.yaml"
     path.write_bytes(b"#" * ((3 << 20) + 1))
     with pytest.raises(InventoryError) as info:
@@ -856,7 +857,7 @@ def test_an_unknown_top_level_key_is_refused_before_any_tree_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str, text: str, message: str
 ) -> None:
     # Was: 29.5 s and 918 MB composing 4.3 MB of lists, then "unknown key".
-    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
+    monkeypatch.setattr(inventory_loader.yaml, "compose", _no_tree)
     path = tmp_path / "inv.yaml"
     path.write_text(text)
     assert len(text) < 4 << 20
@@ -867,15 +868,15 @@ def test_an_unknown_top_level_key_is_refused_before_any_tree_is_built(
 
 def test_too_many_yaml_nodes_are_refused_while_reading(monkeypatch: pytest.MonkeyPatch,
                                                        loader: str) -> None:
-    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
-    monkeypatch.setattr(inventory, "_MAX_NODES", 100)
+    monkeypatch.setattr(inventory_loader.yaml, "compose", _no_tree)
+    monkeypatch.setattr(inventory_loader, "_MAX_NODES", 100)
     text = "groups:\n  g:\n    hosts:\n" + "".join(f"      - h{i}\n" for i in range(200))
     # root, groups, {g}, g, {hosts}, hosts, [list]: the 101st node is the 94th item
     assert error(text) == "inv.yaml:97: more than 100 YAML nodes (keys, values, list items)"
 
 
 def test_lists_under_a_known_key_stop_at_the_node_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inventory.yaml, "compose", _no_tree)
+    monkeypatch.setattr(inventory_loader.yaml, "compose", _no_tree)
     message = error("groups:\n  g:\n    hosts:\n" + ("    " + _LISTS) * 20_000, dedent=False)
     assert message.startswith("inv.yaml:")
     assert message.endswith(": more than 250000 YAML nodes (keys, values, list items)")
@@ -892,7 +893,7 @@ def test_a_range_bomb_is_refused_by_the_names_it_makes() -> None:
 
 
 def test_names_are_counted_with_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inventory, "_MAX_NAMES", 10)
+    monkeypatch.setattr(inventory_parser, "_MAX_NAMES", 10)
     text = "groups:\n  a: {hosts: ['h[1-5]']}\n  b: {hosts: ['h[1-5]']}\n"
     assert len(parse(text).hosts) == 5
     assert error(text + "hosts:\n  h1:\n") == (
@@ -907,7 +908,7 @@ def test_a_membership_bomb_is_refused() -> None:
 
 
 def test_children_of_children_count_as_memberships(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inventory, "_MAX_MEMBERSHIPS", 200)
+    monkeypatch.setattr(inventory_parser, "_MAX_MEMBERSHIPS", 200)
     text = ("groups:\n" + "".join(f"  x{i}:\n" for i in range(50))
             + "  mid: {children: [" + ", ".join(f"x{i}" for i in range(50)) + "]}\n"
             + "".join(f"  t{i}: {{children: [mid]}}\n" for i in range(10)))

@@ -24,6 +24,7 @@ from fleetexec.render import (
     render_table,
     result_to_dict,
     sanitize,
+    terminal,
 )
 from fleetexec.results import FleetResult, HostResult, Status
 
@@ -104,8 +105,8 @@ def test_escape_table_covers_every_code_point() -> None:
         cp for cp in range(sys.maxunicode + 1)
         if unicodedata.category(chr(cp)) in ("Cc", "Cf", "Cs", "Zl", "Zp")
     }
-    assert set(render._table(True)) == unsafe
-    assert set(render._table(False)) == unsafe - {ord("\n"), ord("\t")}
+    assert set(terminal._table(True)) == unsafe
+    assert set(terminal._table(False)) == unsafe - {ord("\n"), ord("\t")}
 
 
 def test_sanitize_is_fast_on_a_mebibyte() -> None:

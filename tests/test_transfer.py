@@ -24,7 +24,7 @@ from fleetexec import ConfigError, FleetSession, Host, Status
 from fleetexec.backends.inprocess import InProcessBackend
 from fleetexec.cli import main
 from fleetexec.inventory import load_inventory
-from fleetexec.ssh import transfer as ssh_transfer
+from fleetexec.ssh import sftp_common
 from fleetexec.testing import MockFleet, ScriptedBackend
 from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
 from fleetexec.transfer import (
@@ -232,13 +232,13 @@ def test_checksum_passes_and_a_corrupted_copy_never_lands_under_the_real_name(
         assert (remote / "data.bin").read_bytes() == src.read_bytes()
         (remote / "data.bin").write_bytes(b"old")
 
-        real = ssh_transfer._Mover._sha256
+        real = sftp_common.Mover._sha256
 
         def corrupting(self, path):  # the file changes on the host after the size check
             Path(path).write_bytes(b"X" * 100_000)
             return real(self, path)
 
-        monkeypatch.setattr(ssh_transfer._Mover, "_sha256", corrupting)
+        monkeypatch.setattr(sftp_common.Mover, "_sha256", corrupting)
         bad = fleet.put([src], f"{remote}/", checksum=True)
         assert bad["h1"].status is Status.FAILED and bad["h1"].exit_code is None
         assert bad["h1"].error == (f"put {remote}/data.bin: checksum mismatch: the host's "

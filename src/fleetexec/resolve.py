@@ -5,7 +5,7 @@ From strongest to weakest:
 1. explicit values: what is written on a target (`alice@web1:2222`) and the
    `Options` given by CLI flags or API keywords;
 2. the inventory host, then its groups (a child beats its parents), then the
-   inventory's defaults (already merged by `inventory.py` into the `Host`);
+   inventory's defaults (already merged by `inventory/parser.py` into the `Host`);
 3. the OpenSSH client config (`sshconfig/`: `~/.ssh/config`, then
    `/etc/ssh/ssh_config`, or `-F FILE`), looked up by the host's name, with
    everything above preset as `ssh -l/-p/-o HostName=` would be: its `HostName`

@@ -29,7 +29,7 @@ and what Ansible only warns about and skips or overrides (an unknown key or a no
 in a YAML group, a duplicate key, a port it would ignore, an empty range): a located
 `file:line: message` instead. No code is run: no Python object is built from YAML (the
 node tree is walked by hand), INI values go through `ast.literal_eval` only, and only
-for the settings fleetexec uses. The work a file can cause is bounded as in inventory.py
+for the settings fleetexec uses. The work a file can cause is bounded as in inventory/
 (limits.py).
 
 The package: `parse_ansible_inventory` and `detect_format` here; ini.py and yaml_reader.py

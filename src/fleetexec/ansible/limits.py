@@ -1,4 +1,4 @@
-"""Bounds on the work an Ansible inventory can cause, as in inventory.py."""
+"""Bounds on the work an Ansible inventory can cause, as in the inventory package."""
 
 from __future__ import annotations
 

@@ -1,40 +1,23 @@
-"""Load and check a YAML inventory, and select hosts from it.
-
-This and ansible/yaml_reader.py (Ansible's formats, which `load_inventory` detects)
-are the only modules importing `yaml`. The text is parsed with
-`yaml.compose` into a node tree that is walked by hand: no Python object is
-ever built from the document (so `!!python/...` tags cannot run code), every
-key keeps its line number, and the YAML 1.1 typing traps (`port: 0022` is 18,
-`no` is False, `12:30` is 750) are refused with a "quote it" hint instead of
-being converted behind the user's back. Every problem is one `InventoryError`
-line: `file:line: dotted.key: expected …, got …`.
-
-The work a file can cause is bounded, not just its bytes (see `_MAX_*`): a pass
-over the YAML events, before any tree is built, refuses an unknown top-level
-key, too many nodes and deep nesting; host names from ranges and group
-memberships (children flattened) are counted as they are made.
+"""The walk over a composed YAML node tree: every value typed and checked where it
+is read, every problem one located `InventoryError` (`file:line: dotted.key: …`);
+groups flattened with their children, settings merged, frozen `Host` records out.
+The text and the YAML events were checked first (loader.py).
 """
 
 from __future__ import annotations
 
-import codecs
 import difflib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, NoReturn
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from . import hostrange
-from .exceptions import InventoryError
-from .host import Host, check_hostname, check_user, parse_target
-
-__all__ = ["Inventory", "hosts_from_targets", "load_inventory", "parse_inventory"]
+from .. import hostrange
+from ..exceptions import InventoryError
+from ..host import Host, check_hostname, check_user
+from .selection import Inventory
 
 _Y = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_Y + t for t in ("str", "int", "float", "bool", "null"))
@@ -47,223 +30,19 @@ _VAULT_HINT = ("secrets do not belong in the inventory; "
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*", re.ASCII)
 _PORT = re.compile(r"[1-9][0-9]{0,4}", re.ASCII)  # plain decimal: no 0022, 0x16, 1_0, 22.0
 _SECONDS = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?", re.ASCII)
-_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks YAML counts lines by
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:\[\],-]+", re.ASCII)
 _SECTIONS = ("defaults", "groups", "hosts")
 # Bounds on the work a file can cause, each refused (file:line) where it is crossed,
 # so that a hostile inventory fails early instead of costing minutes and gigabytes.
-_MAX_BYTES = 4 << 20
-_MAX_NODES = 250_000  # YAML nodes (keys, values, list items); checked before any tree
-_MAX_DEPTH = 32  # YAML nesting; the format itself needs 5
 _MAX_HOSTS = 100_000  # hostrange's bound on one range, applied to the whole file
 _MAX_NAMES = 250_000  # host names produced by all ranges and lists, repeats counted
 _MAX_MEMBERSHIPS = 500_000  # (host or child group, group) pairs, children flattened
-_MAX_GLOBS = 1000  # patterns one glob term with ranges may expand to
-# libyaml, when PyYAML has it: 5-10 times faster than the pure-Python parser, which
-# is the fallback (a few syntax errors are worded differently); both are safe loaders.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_RESOLVER: Any = yaml.resolver.Resolver()  # typeshed leaves `resolve` untyped
-# Refused before parsing, for one message and an exact line with either parser:
-# what YAML does not allow (PyYAML's set), and a BOM anywhere but at the start.
-_NOT_YAML = re.compile(r"[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd"
-                       r"\U00010000-\U0010ffff]")
-_TAB_INDENT = re.compile(r"(?:\A|\r\n|[\n\r\x85\u2028\u2029]) *\t")  # a tab in indentation
 Settings = dict[str, tuple[Any, int]]  # setting -> (checked value, line it came from)
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """A checked inventory: `hosts` (name -> `Host`, in file order) and `groups`
-    (group -> member host names, children's included, in inventory order).
-    Both are read-only views.
-    """
-
-    path: str
-    hosts: Mapping[str, Host] = field(default_factory=dict)
-    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # One Inventory is shared by the CLI, the executor and user code: freeze it.
-        object.__setattr__(self, "hosts", MappingProxyType(dict(self.hosts)))
-        object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
-
-    def select(self, *patterns: str) -> list[Host]:
-        """Return the hosts the patterns name, in inventory order, each once.
-
-        A pattern is a comma list of terms; a term is a group, a host, a range
-        (`web[01-05]`, `web[1-12/2]`: every name must exist) or a glob (`web*`,
-        `web[1-3]*`: brackets are always a range, never a character class);
-        `!term` excludes. As in ClusterShell, `@web` is the group web only, and
-        `&` (and), `!` (but not) and `^` (either, not both) combine terms left to
-        right: `@web&@staging`, `web*!web3`. No patterns, or only exclusions,
-        start from every host.
-        Raises `InventoryError` naming the term when a term, included or
-        excluded, matches nothing or cannot be parsed, or when nothing is left.
-        """
-        if not self.hosts:
-            raise InventoryError("no hosts in the inventory", path=self.path)
-        include: set[str] | None = None
-        exclude: set[str] = set()
-        for term in (t for pattern in patterns for t in _terms(pattern)):
-            if term.startswith("!"):
-                exclude.update(self._match(term[1:], term))
-            else:
-                if include is None:
-                    include = set()
-                include.update(self._match(term, term))
-        chosen = [h for n, h in self.hosts.items()
-                  if (include is None or n in include) and n not in exclude]
-        if not chosen:
-            raise InventoryError(f"the selection {_brief(','.join(patterns))} leaves no hosts",
-                                 path=self.path)
-        return chosen
-
-    def _match(self, term: str, written: str) -> list[str]:
-        if term in self.groups or term in self.hosts:
-            return list(self.groups.get(term, [term]))
-        shown = _brief(written)
-        if any(c in term for c in "&!^"):  # ClusterShell's set operators, left to right
-            pieces = re.split(r"([&!^])", term)
-            if not all(pieces[0::2]):
-                raise InventoryError(f"bad term {shown}: an operand of '&', '!' or '^' is "
-                                     "empty", path=self.path)
-            names = self._match(pieces[0], written)
-            for operator, operand in zip(pieces[1::2], pieces[2::2], strict=True):
-                other = self._match(operand, written)
-                mine, theirs = set(names), set(other)
-                names = [n for n in names if (n in theirs) == (operator == "&")]
-                if operator == "^":
-                    names += [n for n in other if n not in mine]
-            return names
-        if term.startswith("@"):  # ClusterShell's group syntax: a group, never a host
-            if term[1:] not in self.groups:
-                raise InventoryError(f"no group {term[1:]!r} (in {shown})", path=self.path)
-            return list(self.groups[term[1:]])
-        try:
-            # Never retried as something else: `web[1-12/2]` read as the fnmatch class
-            # `[1-12/2]` would select (or, after `!`, spare) hosts the user did not mean.
-            expanded = hostrange.expand(term)
-        except ValueError as exc:
-            raise InventoryError(f"bad term {shown}: {exc}", path=self.path) from None
-        if "*" in term or "?" in term:
-            if len(expanded) > _MAX_GLOBS:  # one regex alternative each: keep it cheap
-                raise InventoryError(f"{shown} expands to more than {_MAX_GLOBS} globs",
-                                     path=self.path)
-            glob = re.compile("|".join(map(_glob, expanded)))
-            names = [n for n in self.hosts if glob.fullmatch(n)]
-        else:
-            missing = [n for n in expanded if n not in self.hosts and n not in self.groups]
-            # A range that silently ran on fewer hosts than written would hide a typo.
-            if missing and len(missing) < len(expanded) and not written.startswith("!"):
-                folded = hostrange.fold(missing)
-                raise InventoryError(f"{shown} names hosts not in the inventory: "
-                                     f"{folded if len(folded) <= 200 else folded[:200] + '…'}",
-                                     path=self.path)
-            names = []
-            for name in expanded:
-                names.extend(self.groups.get(name, [name] if name in self.hosts else []))
-        if not names:  # also for `!x`: a mistyped exclusion would run where it should not
-            raise InventoryError(f"no host or group matches {shown}", path=self.path)
-        return names
-
-
-def _brief(text: str) -> str:
-    """`text` quoted for a one-line message, cut at 80 characters."""
-    return repr(text if len(text) <= 80 else text[:80] + "…")
-
-
-def _glob(pattern: str) -> str:
-    """A shell glob as a regex: `*` any text, `?` one character, all else literal."""
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-
-
-def load_inventory(path: str | os.PathLike[str], format: str | None = None) -> Inventory:
-    """Read, parse and check the inventory file at `path`.
-
-    `format` is `fleetexec`, `ansible-yaml` or `ansible-ini` (see the ansible package);
-    None detects it from the text. A UTF-8 BOM is accepted; any other encoding is
-    refused. Raises `InventoryError` naming the file (and the line, where there is one).
-    """
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as stream:
-            data = stream.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise InventoryError(f"cannot read the inventory: {exc.strerror or exc}",
-                             path=name) from None
-    if len(data) > _MAX_BYTES:
-        raise InventoryError(f"file is larger than {_MAX_BYTES >> 20} MiB", path=name)
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # UTF-32 LE too
-        raise InventoryError("file is UTF-16/32 encoded; save it as UTF-8", path=name, line=1)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InventoryError(f"not valid UTF-8 (byte {data[exc.start]:#04x}); save it as UTF-8",
-                             path=name, line=data.count(b"\n", 0, exc.start) + 1) from None
-    if format != "fleetexec":
-        from .ansible import detect_format, parse_ansible_inventory
-
-        format = format or detect_format(text, name)
-        if format != "fleetexec":
-            return parse_ansible_inventory(text, name, format)
-    return parse_inventory(text, name)
-
-
-def parse_inventory(text: str, path: str = "<string>") -> Inventory:
-    """Parse and check inventory YAML `text`. `path` names it in messages and
-    is the base for relative paths (the current directory for `<string>`).
-    """
-    try:
-        return _Parser(path).parse(text)
-    except RecursionError:  # the composer recurses per nesting level, as do children
-        raise InventoryError("nested too deeply", path=path) from None
-
-
-def hosts_from_targets(patterns: Iterable[str]) -> list[Host]:
-    """Build hosts from `user@host:port` targets, without an inventory.
-
-    Each pattern is a comma list; ranges expand (`deploy@web[1-3]:2222`);
-    IPv6 goes in brackets (`[::1]:2222`). A host given twice is kept once,
-    unless user or port differ. Raises `InventoryError` for a bad target.
-    """
-    hosts: dict[str, Host] = {}
-    for pattern in patterns:
-        for term in _terms(pattern):
-            user, at, rest = term.rpartition("@")
-            # `[::1]:22` is an IPv6 literal, not a range: range brackets never hold a colon.
-            ipv6 = rest.startswith("[") and ":" in rest[: rest.find("]") + 1]
-            try:
-                for name in [rest] if ipv6 else hostrange.expand(rest):
-                    login, address, port = parse_target(f"{user}@{name}" if at else name)
-                    written = frozenset(k for k, v in (("user", login), ("port", port)) if v)
-                    host = Host(address, port=port, user=login, explicit=written)
-                    if hosts.setdefault(host.name, host) != host:
-                        raise InventoryError(f"host {host.name!r} is given twice with different"
-                                             f" user or port in {pattern!r}")
-            except InventoryError:
-                raise
-            except ValueError as exc:
-                raise InventoryError(f"bad host target {term!r}: {exc}") from None
-    if not hosts:
-        raise InventoryError("no hosts given")
-    return list(hosts.values())
-
-
-def _terms(pattern: str) -> list[str]:
-    # Split on commas outside `[...]`, so `web[1,3],db1` is two terms.
-    terms = hostrange.split(pattern)
-    if any(t in ("", "!") for t in terms):
-        raise InventoryError(f"empty term in host pattern {pattern!r}")
-    return terms
 
 
 def _join(parent: str, key: str) -> str:
     key = key if _SAFE_KEY.fullmatch(key) else repr(key)  # keeps messages on one line
     return f"{parent}.{key}" if parent else key
-
-
-def _line(event: yaml.Event) -> int | None:
-    return event.start_mark.line + 1 if event.start_mark else None
 
 
 def _is_null(node: Node) -> bool:
@@ -301,23 +80,8 @@ class _Parser:
         line = where.start_mark.line + 1 if isinstance(where, Node) else where
         raise InventoryError(message, path=self.path, line=line, key=key or None)
 
-    def parse(self, text: str) -> Inventory:
-        text = text.removeprefix("\ufeff")
-        if found := _TAB_INDENT.search(text):  # YAML's own message is cryptic
-            self.fail(len(_BREAK.split(text[: found.end()])), None,
-                      "tab in indentation; indent YAML with spaces")
-        if found := _NOT_YAML.search(text):
-            self.fail(len(_BREAK.split(text[: found.start()])), None,
-                      f"character U+{ord(found.group()):04X} is not allowed in YAML")
-        try:
-            self.scan(text)
-            root = yaml.compose(text, Loader=_LOADER)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            problem = " ".join("; ".join(filter(None, [exc.context, exc.problem])).split())
-            self.fail(mark.line + 1 if mark else None, None, f"YAML syntax error: {problem}")
-        except yaml.YAMLError as exc:
-            self.fail(None, None, f"YAML error: {' '.join(str(exc).split())}")
+    def walk(self, root: Node | None) -> Inventory:
+        """The inventory the composed tree `root` describes (None: an empty file)."""
         if root is None or _is_null(root):
             return Inventory(self.path)
         self.check_tree(root)
@@ -330,35 +94,6 @@ class _Parser:
             else:
                 self.hosts(node)
         return self.build(defaults)
-
-    def scan(self, text: str) -> None:
-        """Read the YAML events before any tree is built, refusing too many nodes,
-        too deep a nesting and an unknown top-level key where they start: a huge
-        subtree under `bogus:` is refused at its first line, not after being built."""
-        nodes = depth = 0
-        top = False  # the root is a mapping, whose keys are checked here
-        key = True  # the next node in the root mapping is a key: keys and values alternate
-        for event in yaml.parse(text, Loader=_LOADER):
-            if isinstance(event, yaml.NodeEvent):  # scalar, alias, list or mapping start
-                nodes += 1
-                if nodes > _MAX_NODES:
-                    self.fail(_line(event), None,
-                              f"more than {_MAX_NODES} YAML nodes (keys, values, list items)")
-                if top and depth == 1:
-                    if key and isinstance(event, yaml.ScalarEvent) and event.tag is None:
-                        # Only plain string keys: `on:` or `!!str x` get their own message later.
-                        tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
-                        if tag == _STR and event.value not in _SECTIONS:
-                            self.refuse_key(_line(event), _join("", event.value), event.value,
-                                            _SECTIONS)
-                    key = not key
-            if isinstance(event, yaml.CollectionStartEvent):
-                top = top or (not depth and isinstance(event, yaml.MappingStartEvent))
-                depth += 1
-                if depth > _MAX_DEPTH:
-                    self.fail(_line(event), None, "nested too deeply")
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
 
     def check_tree(self, root: Node) -> None:
         """Refuse non-standard tags and aliases anywhere, before reading any value."""

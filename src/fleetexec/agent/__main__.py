@@ -1,0 +1,5 @@
+"""`python -m fleetexec.agent --socket PATH --idle SECONDS [--detach]`: the agent process."""
+
+from .server import main
+
+main()
