@@ -36,8 +36,8 @@ class InProcessBackend:
             self.close()
         if self._runner is None:
             sizing = self._sizing or plan(max(1, len(hosts)), job.options, cores=1)
-            self._setup = Setup(job.options, sizing.parallel, sizing.handshakes_per_process,
-                                tuple(dict.fromkeys(p for h in hosts for p in h.key_files)))
+            self._setup = Setup.for_hosts(job.options, hosts, sizing.parallel,
+                                          sizing.handshakes_per_process)
             self._runner = HostRunner(self._setup, self._events.put)  # raises ConfigError
         self._runs += 1
         self._runner.cancel_before(self._runs)

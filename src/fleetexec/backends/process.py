@@ -69,7 +69,6 @@ class _Worker:
                  events: _Events) -> None:
         self.slot, self.channel, self.process = slot, channel, process
         self.pid: int | None = process.pid if process is not None else None
-        self.ready = False
         self.exited = threading.Event()
         threading.Thread(target=self._pump, args=(events,), daemon=True).start()
 
@@ -227,7 +226,7 @@ class ProcessBackend:
             self.close()
             raise ConfigError(message.message)
         elif isinstance(message, Ready):
-            worker.ready, worker.pid = True, message.pid
+            worker.pid = message.pid
         elif getattr(message, "run", None) != run.number:
             return  # a late message about a host an earlier run gave up on
         elif isinstance(message, Taken):
@@ -246,9 +245,8 @@ class ProcessBackend:
             self.close()  # new settings: new workers (keys and known_hosts reloaded)
         if self._setup is None:
             sizing = self._sizing or plan(max(1, len(hosts)), options)
-            preload = tuple(dict.fromkeys(p for h in hosts for p in h.key_files))
-            self._setup = Setup(options, sizing.threads_per_process,
-                                sizing.handshakes_per_process, preload)
+            self._setup = Setup.for_hosts(options, hosts, sizing.threads_per_process,
+                                          sizing.handshakes_per_process)
             self._count = sizing.processes
         for slot, worker in list(self._workers.items()):
             if worker.exited.is_set():  # died between runs

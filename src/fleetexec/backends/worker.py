@@ -47,6 +47,13 @@ class Setup:
     handshakes: int
     preload_key_files: tuple[str, ...] = ()
 
+    @classmethod
+    def for_hosts(cls, options: Options, hosts: Sequence[Host], threads: int,
+                  handshakes: int) -> Setup:
+        """The setup of a run on `hosts`: their key files are loaded before any connection."""
+        preload = tuple(dict.fromkeys(p for h in hosts for p in h.key_files))
+        return cls(options, threads, handshakes, preload)
+
 
 @dataclass(frozen=True, slots=True)
 class Work:
