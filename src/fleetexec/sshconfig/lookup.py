@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import pwd
 import socket
@@ -29,6 +30,7 @@ class SshConfig:
         self.files = tuple(files)
         self.exec_timeout = exec_timeout
         self._parsed: dict[str, list[Line] | None] = {}
+        self._globbed: dict[str, list[str]] = {}
         self._exec: dict[str, bool] = {}
         self._exec_notes: list[str] = []
         self._account = pwd.getpwuid(os.getuid())
@@ -61,6 +63,12 @@ class SshConfig:
         if path not in self._parsed:
             self._parsed[path] = read(path, check, self._account)
         return self._parsed[path]
+
+    def _included(self, pattern: str) -> list[str]:
+        """The files an `Include` pattern names, globbed once for every host of the run."""
+        if pattern not in self._globbed:
+            self._globbed[pattern] = sorted(glob.glob(os.path.expanduser(pattern)))
+        return self._globbed[pattern]
 
     def _pass(self, host: str, original: str, values: Values, presets: Presets, *,
               final: bool, hostname: str | None = None) -> bool:

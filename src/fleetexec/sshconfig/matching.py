@@ -16,7 +16,6 @@ non-zero exit is "no match".
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import signal
 import subprocess
@@ -72,7 +71,7 @@ class Pass:
                                   "system file)")
             if not os.path.isabs(arg) and not arg.startswith("~"):
                 arg = os.path.join("~/.ssh" if user_file else "/etc/ssh", arg)
-            for path in sorted(glob.glob(os.path.expanduser(arg))):
+            for path in self.config._included(arg):
                 lines = self.config._lines(path, True)
                 if lines is None:
                     continue
