@@ -69,13 +69,16 @@ def test_stream_format_prints_lines_as_they_arrive_then_the_summary(tmp_path):
     specs = [MockHost("slow", fault=Fault.trickle(lines=3, interval=0.4)),
              MockHost("quick", replies={"*": Reply("fast\n", stderr="careful\n")})]
     with MockFleet(specs) as fleet:
-        process = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "fleetexec", "run", "-i", str(fleet.inventory_path),
              "--no-system-known-hosts", "-o", "stream", "--", "go"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = process.stdout.readline()
-        still_running = process.poll() is None  # the slow host is still trickling
-        rest, stderr = process.communicate(timeout=30)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            first = process.stdout.readline()
+            still_running = process.poll() is None  # the slow host is still trickling
+            # Not communicate(): it reads the raw pipe and would lose what readline() buffered.
+            rest = process.stdout.read()
+            stderr = process.stderr.read()
+            process.wait(30)
     assert process.returncode == 0, stderr
     assert still_running and first.strip() in ("quick: fast", "slow : slow: trickle line 1",
                                                 "quick [err]: careful")
