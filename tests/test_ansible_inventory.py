@@ -369,22 +369,19 @@ MIXED = """\
 
 def test_what_fleetexec_will_not_do_is_refused_per_host() -> None:
     inv = ini(MIXED)
-    assert sorted(inv.hosts) == ["web1", "web9"]
+    assert sorted(inv.hosts) == ["web1", "web4", "web5", "web6", "web9"]
     assert inv.hosts["web9"].key_files == ("/k/m", "/k/a")
+    assert inv.hosts["web4"].proxy_jump == "bastion.example.com"
+    assert inv.hosts["web5"].proxy_jump == "jump@bastion:2222"
+    assert inv.hosts["web6"].proxy_command == "ssh -W %h:%p bastion"
+    assert inv.hosts["web1"].proxy_jump is inv.hosts["web1"].proxy_command is None
     reasons = {name: text.split(": ", 2)[-1] for name, text in inv.refused.items()}
     secret = ("secrets do not belong in the inventory; use FLEETEXEC_PASSWORD / --ask-password "
               "(or FLEETEXEC_SUDO_PASSWORD with --sudo) or an encrypted key")
-    bastion = "fleetexec does not support bastions yet and will not connect to it directly"
     assert reasons == {
         "web2": f"host 'web2' has a secret in ansible_password (not shown): {secret}",
         "web3": "host 'web3' connects with 'local', not SSH; fleetexec runs commands over SSH "
                 "only",
-        "web4": "host 'web4' is meant to be reached through a bastion "
-                f"('-o ProxyJump=bastion.example.com'); {bastion}",
-        "web5": "host 'web5' is meant to be reached through the bastion 'jump@bastion:2222' "
-                f"(-J); {bastion}",
-        "web6": "host 'web6' is meant to be reached through a bastion "
-                f"('-o ProxyCommand=ssh -W %h:%p bastion'); {bastion}",
         "web7": "host 'web7' has ssh option '-o StrictHostKeyChecking=no'; fleetexec always "
                 "checks host keys (--host-key-policy accept-new learns new ones)",
         "web8": "host 'web8' has ssh option '-o ForwardAgent=yes', which fleetexec does not "
@@ -395,7 +392,7 @@ def test_what_fleetexec_will_not_do_is_refused_per_host() -> None:
         "web12": "host 'web12' connects with 'winrm', not SSH; fleetexec runs commands over "
                  "SSH only",
     }
-    assert inv.refused["web4"].startswith("hosts:5: ansible_ssh_common_args: ")
+    assert inv.refused["web7"].startswith("hosts:8: ansible_ssh_common_args: ")
     assert "hunter2" not in " ".join(inv.refused.values())
 
 
@@ -406,8 +403,8 @@ def test_selecting_a_refused_host_names_it_and_how_to_leave_it_out() -> None:
         "runs commands over SSH only; leave it out of the selection (e.g. 'all:!web3')")
     message = selection_error(inv, "web")
     assert message.startswith("hosts:3: ansible_password: host 'web2' has a secret")
-    assert message.endswith("(and 9 more hosts fleetexec cannot run on: "
-                            "'web3,web4,web5,web6,web7,web8,web10,web11,web12')")
+    assert message.endswith("(and 6 more hosts fleetexec cannot run on: "
+                            "'web3,web7,web8,web10,web11,web12')")
     assert selected(inv, "web1:web9") == ["web1", "web9"]
 
 

@@ -536,7 +536,8 @@ def test_duplicates_name_both_lines(text: str, message: str) -> None:
     assert error(text) == message
 
 
-ALL_SETTINGS = "port, user, key_files, connect_timeout, command_timeout, known_hosts_file"
+ALL_SETTINGS = ("port, user, key_files, connect_timeout, command_timeout, known_hosts_file, "
+                "proxy_jump")
 
 
 @pytest.mark.parametrize(
@@ -985,7 +986,7 @@ def test_fuzz_random_text(text: str) -> None:
 
 
 _WORDS = ["defaults", "groups", "hosts", "vars", "children", "port", "user", "key_files",
-          "connect_timeout", "command_timeout", "known_hosts_file", "address", "password",
+          "connect_timeout", "command_timeout", "known_hosts_file", "address", "password", "proxy_jump",
           "web1", "web[1-3]", "db[01-02]", "'no'", "no", "yes", "~", "12:30", "0022", "22",
           "2.5", "-1", ".nan", "web", "db", "'-oProxyCommand=id'", "'a b'", "!!python/name:os.sep",
           "!!str x", "!!binary aGk=", "&a x", "*a", "2001-01-01", "<<", "'[::1]'", "::1", "\"\"",

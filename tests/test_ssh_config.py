@@ -493,30 +493,6 @@ def test_resolving_twice_reads_the_ssh_config_once(configured: Path, tmp_path: P
     assert again == once
 
 
-@pytest.mark.parametrize(("keyword", "value"), [("ProxyJump", "bastion"),
-                                                ("ProxyCommand", "ssh -W %h:%p bastion")])
-def test_a_bastion_is_refused_per_host_never_connected_around(
-        tmp_path: Path, keyword: str, value: str) -> None:
-    write(Path(os.path.expanduser("~")) / ".ssh" / "config",
-          f"Host behind*\n  {keyword} {value}\nHost *\n  {keyword} none\n")
-    assert resolve(["direct"], Options())[0].address == "direct"  # `none`: no bastion
-    with pytest.raises(ConfigError) as caught:
-        resolve(["direct", "behind1"], Options())
-    assert str(caught.value) == (
-        f"behind1: ~/.ssh/config line 2: {keyword} is not supported yet; fleetexec will not "
-        "connect around your bastion (leave the host out, or use --no-ssh-config to connect "
-        "to it directly)")
-    with FaultServer("tarpit", "127.0.31.250") as tarpit:
-        write(Path(os.path.expanduser("~")) / ".ssh" / "config",
-              f"Host behind\n  HostName {tarpit.address}\n  Port {tarpit.port}\n"
-              f"  {keyword} {value}\n")
-        done = subprocess.run([sys.executable, "-m", "fleetexec", "run", "-H", "behind",
-                               "--", "true"], capture_output=True, text=True, timeout=60)
-        time.sleep(0.2)
-        assert tarpit.accepted == 0
-    assert done.returncode == 2 and f"{keyword} is not supported yet" in done.stderr
-
-
 def test_strict_host_key_checking_no_is_refused_and_ask_is_strict_with_a_note() -> None:
     config = Path(os.path.expanduser("~")) / ".ssh" / "config"
     write(config, "Host *\n  StrictHostKeyChecking no\n")

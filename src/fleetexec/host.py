@@ -11,7 +11,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Host", "check_hostname", "check_user", "parse_target"]
+__all__ = ["Host", "check_hostname", "check_user", "parse_jump", "parse_target"]
+
+_MAX_JUMPS = 8  # bastions in one chain, counting those their own ssh config adds
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
@@ -37,6 +39,13 @@ class Host:
     `/etc/ssh/ssh_known_hosts`, the host key policy, `HostKeyAlias`,
     `AddressFamily` and `ServerAliveInterval`/`CountMax`.
 
+    `proxy_jump` is the bastions to go through, as `ssh -J` takes them
+    (`[user@]host[:port][,…]`, first hop first; "none": none, whatever the ssh
+    config says); `proxy_command` a command whose standard input and output
+    are the connection (ssh's ProxyCommand, tokens already expanded).
+    `resolve()` turns `proxy_jump` into `via`: each bastion resolved like a
+    host of its own (its ssh config, its known_hosts entry), first hop first.
+
     >>> Host("web1", port=2222, user="deploy").known_hosts_name
     '[web1]:2222'
     """
@@ -59,6 +68,9 @@ class Host:
     address_family: str | None = None
     server_alive_interval: int | None = None
     server_alive_count_max: int | None = None
+    proxy_jump: str | None = None
+    proxy_command: str | None = None
+    via: tuple[Host, ...] = ()
     groups: tuple[str, ...] = field(default=(), compare=False)
     # Settings written on the target itself (`alice@web1:2222`): a flag may not contradict them.
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
@@ -87,6 +99,13 @@ class Host:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.proxy_jump is not None and self.proxy_jump.lower() != "none":
+            parse_jump(self.proxy_jump)
+        if self.proxy_command is not None and (not isinstance(self.proxy_command, str) or not
+                                               self.proxy_command.strip()):
+            raise ValueError(f"proxy_command must be a command, got {self.proxy_command!r}")
+        if len(self.via) > _MAX_JUMPS:
+            raise ValueError(f"more than {_MAX_JUMPS} bastions in a row (a ProxyJump loop?)")
         for name in ("connect_timeout", "command_timeout"):
             value = getattr(self, name)
             # `not value >= 0` rather than `value < 0`: NaN compares false both ways.
@@ -161,6 +180,21 @@ def parse_target(target: str) -> tuple[str | None, str, int | None]:
         host = target
     check_hostname(host)
     return user, host, port
+
+
+def parse_jump(spec: str) -> list[tuple[str | None, str, int | None]]:
+    """Split a jump list as `ssh -J` takes it: `[user@]host[:port]` (or `ssh://` URIs),
+    comma-separated, first hop first.
+
+    >>> parse_jump("bastion,ops@inner:2222")
+    [(None, 'bastion', None), ('ops', 'inner', 2222)]
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a jump host list must be [user@]host[:port][,...], got {spec!r}")
+    hops = [parse_target(hop.strip().removeprefix("ssh://")) for hop in spec.split(",")]
+    if len(hops) > _MAX_JUMPS:
+        raise ValueError(f"more than {_MAX_JUMPS} jump hosts in {spec!r}")
+    return hops
 
 
 def _port(text: str, target: str) -> int:

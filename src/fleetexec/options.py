@@ -6,7 +6,7 @@ field's help text and built-in default live in its metadata, and the click
 options are checked against these fields by a test.
 
 Per-host settings (`user`, `port`, `key_files`, `connect_timeout`,
-`command_timeout`, `host_key_policy`, `use_agent`) are overrides: `None` (or
+`command_timeout`, `host_key_policy`, `use_agent`, `jump`) are overrides: `None` (or
 empty) means "not given here", so the inventory's value, then the ssh
 config's, then the built-in default, applies. The rule is written once, in
 `resolve.py`.
@@ -95,6 +95,9 @@ class Options:
         builtin="yes, unless IdentityAgent none")
     identities_only: bool = _setting(
         False, "Offer only the configured key files: no agent key, like IdentitiesOnly yes.")
+    jump: str | None = _setting(
+        None, "Reach the hosts through these bastions, [user@]host[:port][,...] first hop "
+        "first, as ssh -J ('none': directly); beats ProxyJump and ProxyCommand.")
     ssh_config: str | None = _setting(
         None, "Read this OpenSSH client config instead of ~/.ssh/config and "
         "/etc/ssh/ssh_config (as ssh -F).")
@@ -147,6 +150,13 @@ class Options:
         if self.ssh_config is not None and not self.use_ssh_config:
             raise ConfigError("ssh_config and use_ssh_config=False contradict "
                               "(--ssh-config with --no-ssh-config); drop one")
+        if self.jump is not None and self.jump.lower() != "none":
+            from .host import parse_jump
+
+            try:
+                parse_jump(self.jump)
+            except ValueError as error:
+                raise ConfigError(f"jump: {error}") from None
         user = self.sudo_user
         if user is not None and (not isinstance(user, str) or not user or "\0" in user):
             raise ConfigError(f"sudo_user must be a user name, not {self.sudo_user!r}")

@@ -15,9 +15,16 @@ From strongest to weakest:
 A flag that contradicts what is written on the target itself (`-p 2200` with
 `web1:2222`, `-u bob` with `alice@web1`) is a `ConfigError` naming both:
 across a fleet, a silent pick would hide a typo. So is a host whose ssh
-config sets `ProxyJump`/`ProxyCommand` (bastions are not supported yet: it is
-never connected to directly) or `StrictHostKeyChecking no`. Used by the CLI,
-the API and the agent alike; `explain()` also says where each value came from.
+config says `StrictHostKeyChecking no`. Used by the CLI, the API and the
+agent alike; `explain()` also says where each value came from.
+
+Bastions: `-J` beats the inventory's `proxy_jump`, which beats the ssh
+config's `ProxyJump`/`ProxyCommand` (whichever it sets first). Each bastion
+is resolved as ssh resolves it: by its own name in the ssh config (not in the
+inventory), with the user and port written in the jump list, and the run's
+credentials and trust settings; `-u`/`-p`/`-J` are for the targets only, as
+with `ssh -J`. The last bastion of a list is reached through the ones before
+it; a single bastion's own `ProxyJump` is followed, up to 8 hops.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .exceptions import ConfigError
-from .host import Host, check_hostname, check_user
+from .host import Host, check_hostname, check_user, parse_jump
 from .options import SYSTEM_KNOWN_HOSTS, Options, builtin, expand
 from .sshconfig import (
     DEFAULT_IDENTITY_FILES,
     HostConfig,
     SshConfig,
     default_config_files,
+    expand_proxy_command,
     identity_file_problem,
 )
 
@@ -45,6 +53,7 @@ __all__ = ["Resolved", "accept_new_file", "explain", "host_key_policy", "identit
 TARGET, FLAG, INVENTORY, SSH_CONFIG, DEFAULT = "target", "flag", "inventory", "ssh-config", \
     "default"
 _USER_KNOWN_HOSTS, _GLOBAL_KNOWN_HOSTS = SYSTEM_KNOWN_HOSTS
+_MAX_HOPS = 8
 _STRICT_POLICY = {"yes": "strict", "accept-new": "accept-new", "ask": "strict"}
 
 
@@ -69,7 +78,7 @@ def resolve(hosts: Iterable[Host | str] | Host | str, options: Options,
 
     Strings are targets such as `"deploy@web[01-20]:2222"`. Raises
     `ConfigError` for a bad target, a contradiction, a host the ssh config
-    sends through a bastion, or a name given twice. Remarks on what the ssh
+    cannot use (StrictHostKeyChecking no), or a name given twice. Remarks on what the ssh
     config asks and fleetexec does not do are appended to `notes` (each once).
     """
     return [r.host for r in explain(hosts, options, notes)]
@@ -84,6 +93,7 @@ def explain(hosts: Iterable[Host | str] | Host | str, options: Options,
     config = SshConfig(default_config_files(options.ssh_config, options.use_ssh_config))
     found_notes: list[str] = notes if notes is not None else []
     resolved: list[Resolved] = []
+    bastions: dict[str, tuple[Host, ...]] = {}  # a jump list resolved once per run
     for item in items:
         if isinstance(item, str):
             found = hosts_from_targets([item])
@@ -91,7 +101,8 @@ def explain(hosts: Iterable[Host | str] | Host | str, options: Options,
             found = [item]
         else:
             raise ConfigError(f"not a host: {item!r}")
-        resolved.extend(_Apply(host, options, config, found_notes).result() for host in found)
+        resolved.extend(_Apply(host, options, config, found_notes, bastions).result()
+                        for host in found)
     names = [r.host.name for r in resolved]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
@@ -103,8 +114,10 @@ class _Apply:
     """One host through the precedence rule."""
 
     def __init__(self, host: Host, options: Options, config: SshConfig,
-                 notes: list[str]) -> None:
+                 notes: list[str], bastions: dict[str, tuple[Host, ...]],
+                 depth: int = 0) -> None:
         self.host, self.options, self.notes = host, options, notes
+        self.config, self.bastions, self.depth = config, bastions, depth
         self.changes: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
         self.where: dict[str, str] = {}
@@ -146,8 +159,6 @@ class _Apply:
 
     def result(self) -> Resolved:
         host, ssh = self.host, self.ssh
-        if ssh is not None:
-            self.refuse_bastion(ssh)
         # address, user, port, timeouts
         if self.address_given or host.resolved:
             self.sources["address"] = INVENTORY
@@ -186,6 +197,8 @@ class _Apply:
         if ssh is not None and ssh.check_host_ip:
             self.note(f"{ssh.where['checkhostip']}: CheckHostIP yes is not supported; "
                       "fleetexec checks the host key under the host's name only, never its IP")
+        if not host.resolved:
+            self.proxy(ssh)
         if host.known_hosts_file:
             self.changes["known_hosts_file"] = expand(host.known_hosts_file)
         try:
@@ -203,14 +216,48 @@ class _Apply:
                               f" {error}") from None
         return value
 
-    def refuse_bastion(self, ssh: HostConfig) -> None:
-        for keyword, value in (("ProxyJump", ssh.proxy_jump),
-                               ("ProxyCommand", ssh.proxy_command)):
-            if value is not None:
-                raise ConfigError(
-                    f"{self.host.name}: {ssh.where[keyword.lower()]}: {keyword} is not "
-                    "supported yet; fleetexec will not connect around your bastion (leave "
-                    "the host out, or use --no-ssh-config to connect to it directly)")
+    def proxy(self, ssh: HostConfig | None) -> None:
+        """ProxyJump / ProxyCommand: a jump list resolved into `via`, or a command."""
+        host, options = self.host, self.options
+        self.first("proxy_jump", (options.jump, FLAG, None), (host.proxy_jump, INVENTORY, None))
+        if "proxy_jump" not in self.changes:
+            self.first("proxy_command", (host.proxy_command, INVENTORY, None))
+        if "proxy_jump" not in self.changes and "proxy_command" not in self.changes:
+            self.first("proxy_jump", (ssh and ssh.proxy_jump, SSH_CONFIG, "proxyjump"))
+            self.first("proxy_command", (ssh and ssh.proxy_command, SSH_CONFIG, "proxycommand"))
+        command = self.changes.get("proxy_command")
+        if command is not None:
+            where = (self.where.get("proxy_command") or f"{host.name}: inventory")
+            self.changes["proxy_command"] = expand_proxy_command(
+                command, host=self.changes.get("address", host.address),
+                port=self.changes["port"], user=self.changes["user"], original=host.name,
+                where=where)
+        spec = self.changes.get("proxy_jump")
+        if spec is None or spec.lower() == "none":
+            return
+        if spec not in self.bastions:
+            self.bastions[spec] = self.chain(spec)
+        self.set("via", self.bastions[spec], self.sources["proxy_jump"])
+
+    def chain(self, spec: str) -> tuple[Host, ...]:
+        """The bastions of jump list `spec`, resolved, first hop first."""
+        if self.depth >= _MAX_HOPS:
+            raise ConfigError(f"{self.host.name}: more than {_MAX_HOPS} jump hosts in a row "
+                              f"(a ProxyJump loop?)")
+        *before, last = spec.split(",")
+        user, name, port = parse_jump(last)[0]
+        bastion = Host(name, user=user, port=port, proxy_jump=",".join(before) or None,
+                       explicit=frozenset(k for k, v in (("user", user), ("port", port)) if v))
+        # The run's credentials and trust settings apply to bastions; -u, -p and -J do not.
+        options = self.options.replace(user=None, port=None, jump=None)
+        try:
+            hop = _Apply(bastion, options, self.config, self.notes, self.bastions,
+                         self.depth + 1).result().host
+        except ConfigError as error:
+            if self.depth:  # named once, by the host that has the chain
+                raise
+            raise ConfigError(f"{self.host.name}: jump host {error}") from None
+        return (*hop.via, replace(hop, via=()))
 
     def identities(self, ssh: HostConfig | None) -> None:
         host, options = self.host, self.options

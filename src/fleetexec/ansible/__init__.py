@@ -14,14 +14,14 @@ The judges are `ansible-inventory -i FILE --list` and `ansible -i FILE PATTERN -
   the host's own vars, host_vars/HOST; then its alias rule: `ansible_ssh_host`, `_port`,
   `_user`, `_private_key_file` beat `ansible_host`, ... whichever level each came from.
   The result is `Host(address, port, user, key_files)`; `-i FILE` in
-  `ansible_ssh_common_args` / `_extra_args` adds a key file.
+  `ansible_ssh_common_args` / `_extra_args` adds a key file, and `-J`, `-o ProxyJump=`
+  or `-o ProxyCommand=` there (or `ansible_paramiko_proxy_command`) the bastion.
 
 Refused, never guessed. Per host (the inventory loads; selecting the host is an
 `InventoryError` saying why, so the rest stays usable): a connection other than SSH
 (`ansible_connection=local`, `winrm`, `network_cli`...), a password or key text
-(`ansible_password`, `ansible_become_pass`...; the value is never shown), a bastion
-(`-J`, `ProxyJump`, `ProxyCommand`: such a host is never connected to directly), any
-other ssh option, host key checking turned off, a Jinja2 template or a vault-encrypted
+(`ansible_password`, `ansible_become_pass`...; the value is never shown), any other ssh
+option, host key checking turned off, a Jinja2 template or a vault-encrypted
 value in a connection setting, a vault-encrypted vars file, and a name that is not a DNS
 name or IP address. For the whole file: dynamic inventory scripts (executable files) and
 inventory plugin configurations (`plugin:`), which are out of scope; what Ansible refuses;

@@ -1,7 +1,7 @@
 """Which variables matter, and what they make of a host: Ansible's variable precedence,
-its connection variables mapped to `Host(address, port, user, key_files)`, and the
-refusals (another connection, a secret, a bastion, an ssh option, host key checking off, a
-template or a vault-encrypted value where a setting is read).
+its connection variables mapped to `Host(address, port, user, key_files, proxy_jump,
+proxy_command)`, and the refusals (another connection, a secret, an ssh option,
+host key checking off, a template or a vault-encrypted value where a setting is read).
 
 Ansible's precedence: the `all` group, then the host's groups by depth,
 `ansible_group_priority` and name, then group_vars/all, group_vars/GROUP (same order), the
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import InventoryError
-from ..host import Host, check_hostname, check_user
+from ..host import Host, check_hostname, check_user, parse_jump
 from .limits import MAX_VALUE
 from .records import Group, HostRecord, Layer, Unusable, Var
 
@@ -181,11 +181,14 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
     if problem:
         return problem
     keys = [key_file] if key_file else []  # `~` and relative paths: resolve() expands
+    proxy: dict[str, str] = {}  # proxy_jump or proxy_command: the first one given wins
     if plugin.startswith("paramiko") and "ansible_paramiko_proxy_command" in merged:
         var = merged["ansible_paramiko_proxy_command"]
-        return refuse("is reached through a proxy command; fleetexec does not support "
-                      "bastions yet and will not connect to it directly", var,
-                      "ansible_paramiko_proxy_command")
+        if not isinstance(var.value, str) or not var.value.strip() or _TEMPLATE.search(
+                var.value):
+            return refuse(f"has ansible_paramiko_proxy_command {var.shown}, which fleetexec "
+                          "cannot read", var, "ansible_paramiko_proxy_command")
+        proxy["proxy_command"] = var.value
     for setting in _ARGS:
         if setting not in merged or merged[setting].value in (None, ""):
             continue
@@ -193,25 +196,29 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
         if not isinstance(var.value, str) or _TEMPLATE.search(var.value):
             return refuse(f"has {setting} {var.shown}, which fleetexec cannot read", var,
                           setting)
-        found_keys, problem = _ssh_args(var.value)
+        found_keys, found_proxy, problem = _ssh_args(var.value)
         if problem:
             return refuse(problem, var, setting)
         keys.extend(found_keys)
+        if found_proxy and not proxy:
+            proxy[found_proxy[0]] = found_proxy[1]
     try:
         return Host(name, address=address or "", port=port, user=user,
-                    key_files=tuple(keys), groups=tuple(groups))
+                    key_files=tuple(keys), groups=tuple(groups), **proxy)
     except ValueError as exc:  # all checked above; this keeps any miss located
         return refuse(str(exc))
 
 
-def _ssh_args(text: str) -> tuple[list[str], str | None]:
-    """The key files in ssh options (`-i FILE`, `-o IdentityFile=FILE`), or the refusal of
-    an option fleetexec does not support: bastions are named as such."""
+def _ssh_args(text: str) -> tuple[list[str], tuple[str, str] | None, str | None]:
+    """The key files (`-i FILE`, `-o IdentityFile=FILE`) and the bastion (`-J`,
+    `-o ProxyJump=`, `-o ProxyCommand=`: the first wins, as in ssh) in ssh options, or
+    the refusal of an option fleetexec does not support."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        return [], f"has ssh options fleetexec cannot read ({str(exc).lower()})"
+        return [], None, f"has ssh options fleetexec cannot read ({str(exc).lower()})"
     keys: list[str] = []
+    proxy: tuple[str, str] | None = None
     index = 0
     while index < len(words):
         word = words[index]
@@ -219,33 +226,39 @@ def _ssh_args(text: str) -> tuple[list[str], str | None]:
         flag, value = word[:2], word[2:]
         if flag in ("-i", "-J", "-o") and not value:
             if index == len(words):
-                return [], f"has ssh option {flag} without its value"
+                return [], None, f"has ssh option {flag} without its value"
             value, index = words[index], index + 1
         if flag == "-o":
             option, _, setting = value.replace("=", " ", 1).partition(" ")
             option, setting = option.strip().lower(), setting.strip()
             if option == "identityfile":
                 flag, value = "-i", setting
-            elif option in ("proxyjump", "proxycommand"):
-                return [], (f"is meant to be reached through a bastion ('-o {value}'); fleetexec "
-                            "does not support bastions yet and will not connect to it directly")
+            elif option == "proxyjump":
+                flag, value = "-J", setting
+            elif option == "proxycommand":
+                proxy = proxy or ("proxy_command", setting)
+                continue
             elif option in ("controlmaster", "controlpersist", "controlpath"):
                 continue  # ssh's connection sharing: fleetexec keeps its own connections
             elif option == "stricthostkeychecking" and setting.lower() in ("yes", "true"):
                 continue
             elif option == "stricthostkeychecking":
-                return [], (f"has ssh option '-o {value}'; fleetexec always checks host keys "
-                            "(--host-key-policy accept-new learns new ones)")
+                return [], None, (f"has ssh option '-o {value}'; fleetexec always checks host "
+                                  "keys (--host-key-policy accept-new learns new ones)")
             else:
-                return [], f"has ssh option '-o {value}', which fleetexec does not support"
+                return [], None, f"has ssh option '-o {value}', which fleetexec does not support"
         if flag == "-J":
-            return [], (f"is meant to be reached through the bastion {value!r} (-J); fleetexec "
-                        "does not support bastions yet and will not connect to it directly")
-        if flag == "-i":
+            try:
+                if value.lower() != "none":
+                    parse_jump(value)
+            except ValueError as exc:
+                return [], None, f"has a bad jump host list {value!r} ({exc})"
+            proxy = proxy or ("proxy_jump", value)
+        elif flag == "-i":
             keys.append(value)
         elif not re.fullmatch(r"-[CqT]+", word):  # compression, quiet, no tty: no-ops here
-            return [], f"has ssh option {word!r}, which fleetexec does not support"
-    return keys, None
+            return [], None, f"has ssh option {word!r}, which fleetexec does not support"
+    return keys, proxy, None
 
 
 def _boolean(value: Any) -> bool | None:

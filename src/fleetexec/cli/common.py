@@ -103,6 +103,7 @@ _HOST_FLAGS = [
                  type=click.FloatRange(min=0), help=_help("command_timeout")),
     click.option("-A", "--use-agent/--no-agent", default=None, help=_help("use_agent")),
     click.option("--identities-only", is_flag=True, help=_help("identities_only")),
+    click.option("-J", "--jump", metavar="[USER@]HOST[:PORT][,...]", help=_help("jump")),
     click.option("-F", "--ssh-config", metavar="FILE", help=_help("ssh_config")),
     click.option("--no-ssh-config", "use_ssh_config", is_flag=True, flag_value=False,
                  default=True, help="Read no OpenSSH client config at all."),

@@ -16,14 +16,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .. import hostrange
 from ..exceptions import InventoryError
-from ..host import Host, check_hostname, check_user
+from ..host import Host, check_hostname, check_user, parse_jump
 from .selection import Inventory
 
 _Y = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_Y + t for t in ("str", "int", "float", "bool", "null"))
 _TAGS = frozenset(_Y + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _READS_AS = {_BOOL: "a boolean", _INT: "a number", _FLOAT: "a number", _NULL: "null"}
-_SETTINGS = ("port", "user", "key_files", "connect_timeout", "command_timeout", "known_hosts_file")
+_SETTINGS = ("port", "user", "key_files", "connect_timeout", "command_timeout", "known_hosts_file",
+             "proxy_jump")
 _SECRET = re.compile(r"pass|secret|token|private|credential|api_?key", re.IGNORECASE)
 _VAULT_HINT = ("secrets do not belong in the inventory; "
                "use FLEETEXEC_PASSWORD / --ask-password or an encrypted key file")
@@ -213,6 +214,12 @@ class _Parser:
             except ValueError:
                 self.fail(at, key, _got("a POSIX user name" if name == "user" else
                                         "a DNS name or IP address", node))
+        if name == "proxy_jump":
+            text = self.text(node, key, "jump hosts, [user@]host[:port][,...]")
+            try:
+                return text if text.lower() == "none" else (parse_jump(text) and text)
+            except ValueError:
+                self.fail(at, key, _got("jump hosts, [user@]host[:port][,...] or none", node))
         if name == "key_files" and isinstance(node, SequenceNode):
             return tuple(self.file(item, f"{key}[{i}]") for i, item in enumerate(node.value))
         path = self.file(node, key)

@@ -114,6 +114,7 @@ def render_hosts_json(explained: Sequence[Resolved], options: Options) -> str:
     `ssh_config` gives the file and line of each ssh-config value. Derived
     values (the known_hosts files read, the file accept-new records into, the
     agent socket and the default identity files offered) follow from those.
+    `jump_chain` lists the bastions, first hop first, each as resolved for itself.
     """
     import os
 
@@ -144,6 +145,12 @@ def render_hosts_json(explained: Sequence[Resolved], options: Options) -> str:
             "address_family": h.address_family,
             "server_alive_interval": h.server_alive_interval,
             "server_alive_count_max": h.server_alive_count_max,
+            "proxy_jump": h.proxy_jump, "proxy_command": h.proxy_command,
+            "jump_chain": [{"name": j.name, "address": j.address, "port": j.port, "user": j.user,
+                            "key_files": list(j.key_files),
+                            "known_hosts_name": j.known_hosts_name,
+                            "known_hosts_files": list(known_hosts_files(j, options)),
+                            "proxy_command": j.proxy_command} for j in h.via],
             "groups": list(h.groups),
             "sources": {**dict(item.sources),
                         "known_hosts": "flag" if options.known_hosts else "default"},

@@ -223,6 +223,11 @@ def render_hosts(hosts: Sequence[Host]) -> str:
     ]
     headers = ["name", "address", "port", "user", "key files", "connect timeout",
                "command timeout", "known_hosts", "groups"]
+    if any(h.via or h.proxy_command for h in hosts):  # the column only where it says something
+        headers.append("via")
+        for row, h in zip(rows, hosts, strict=True):
+            via = ",".join(j.name for j in h.via) or (h.proxy_command and "ProxyCommand")
+            row.append(sanitize(via, single_line=True) if via else "-")
     return _tabulate(rows, headers)
 
 

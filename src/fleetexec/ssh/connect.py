@@ -1,4 +1,5 @@
-"""Connecting to one host: TCP, banner, key exchange, host key, auth, under one deadline."""
+"""Connecting to one host: TCP (or a bastion's channel, or a ProxyCommand), banner, key
+exchange, host key, auth, under one deadline."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .credentials import FleetAuth, WeakKeyExchange
 from .failure import Failure
 from .hostkeys import HostKeyConflict, KnownHosts, fingerprint, record_host_key, to_pkey
 from .transport import FleetTransport, close_client
+from .tunnel import ProxySocket, proxy_command_socket
 from .watchdog import Alarm
 
 if TYPE_CHECKING:
@@ -81,22 +83,12 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
         keys = [context.configured_key(host, p) for p in host.key_files]
     except ConfigError as error:
         raise Failure(Status.ERROR, str(error)) from None
-    attempts = 0
-    while True:
-        sock = _open_socket_retrying(host, deadline, timeout, context.options.retries)
-        if _banner_arrives(sock, host, deadline, timeout):
-            break
-        sock.close()
-        attempts += 1
-        # Bounded, backed-off retries for this case only: the deadline or the count ends them.
-        pause = _backoff(attempts)
-        if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
-            raise Failure(
-                Status.CONNECTION_LOST,
-                f"server closed the connection before its SSH banner ({attempts} attempts; "
-                "sshd MaxStartups or a firewall?)",
-            )
-        time.sleep(pause)
+    sock: socket.socket | paramiko.Channel
+    if host.via:  # through the bastions' shared connections; their own deadlines apply
+        sock, ready = context.bastions.channel(host, timeout)
+        deadline = ready + timeout
+    else:
+        sock = _open_with_banner(host, deadline, timeout, context.options.retries)
     alarm = context.watchdog.arm(deadline, sock)
     client = paramiko.SSHClient()
     try:
@@ -108,6 +100,48 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
     finally:
         alarm.cancel()
     return client
+
+
+def _open_with_banner(host: Host, deadline: float, timeout: float,
+                      retries: int) -> socket.socket:
+    """A socket to `host` (TCP, or a ProxyCommand's) whose server has begun its banner."""
+    attempts = 0
+    while True:
+        if host.proxy_command:
+            sock: socket.socket = proxy_command_socket(host.proxy_command)
+        else:
+            sock = _open_socket_retrying(host, deadline, timeout, retries)
+        try:
+            if _banner_arrives(sock, host, deadline, timeout):
+                return sock
+        except Failure as failure:
+            _explain_proxy(failure, sock)
+            sock.close()
+            raise
+        failure = Failure(Status.CONNECTION_LOST, "")
+        _explain_proxy(failure, sock)
+        sock.close()
+        if failure.message:  # a ProxyCommand that ended: trying again would not help
+            raise failure
+        attempts += 1
+        # Bounded, backed-off retries for this case only: the deadline or the count ends them.
+        pause = _backoff(attempts)
+        if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
+            raise Failure(
+                Status.CONNECTION_LOST,
+                f"server closed the connection before its SSH banner ({attempts} attempts; "
+                "sshd MaxStartups or a firewall?)",
+            )
+        time.sleep(pause)
+
+
+def _explain_proxy(failure: Failure, sock: object) -> None:
+    """Say why, when the connection was a ProxyCommand that has ended."""
+    if isinstance(sock, ProxySocket):
+        time.sleep(0.05)  # it is usually exiting right now: let it, to report its status
+        said = sock.explain()
+        if said:
+            failure.message = f"{failure.message}; {said}" if failure.message else said
 
 
 def _backoff(attempt: int) -> float:
@@ -208,8 +242,8 @@ def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: f
 
 
 def _handshake(
-    client: paramiko.SSHClient, sock: socket.socket, host: Host, context: WorkerContext,
-    alarm: Alarm, timeout: float, keys: list[paramiko.PKey],
+    client: paramiko.SSHClient, sock: socket.socket | paramiko.Channel, host: Host,
+    context: WorkerContext, alarm: Alarm, timeout: float, keys: list[paramiko.PKey],
 ) -> None:
     options = context.options
     known = context.known_hosts(host)
@@ -258,9 +292,9 @@ def _handshake(
         if isinstance(error, paramiko.SSHException):
             raise Failure(Status.PROTOCOL_ERROR, f"SSH handshake failed: {error}") from None
         if isinstance(error, EOFError | OSError):
-            raise Failure(
-                Status.CONNECTION_LOST, "connection closed during the SSH handshake"
-            ) from None
+            failure = Failure(Status.CONNECTION_LOST, "connection closed during the SSH handshake")
+            _explain_proxy(failure, sock)
+            raise failure from None
         raise
     transport = client.get_transport()
     if host.server_alive_interval and isinstance(transport, FleetTransport):

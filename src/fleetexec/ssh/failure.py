@@ -10,11 +10,13 @@ __all__ = ["Failure", "StaleConnection"]
 class Failure(Exception):
     """A host-level failure, turned into a `HostResult` before leaving this module."""
 
-    def __init__(self, status: Status, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, status: Status, message: str, *, retryable: bool = False,
+                 bastion: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retryable = retryable  # nothing was sent yet: connecting again is safe
+        self.bastion = bastion  # the message names the jump host that failed
 
 
 class StaleConnection(Failure):

@@ -4,7 +4,7 @@
 secret-free message. Runs inside worker processes; `WorkerContext` holds what
 is done once per process (known_hosts parsed and keys loaded, both again
 when their files change; the watchdog, the slots that pace handshakes and
-heavy reads, connections kept for reuse).
+heavy reads, connections kept for reuse, bastion connections).
 The steps live beside this module: `connect`, `command`, `transport`.
 """
 
@@ -32,6 +32,7 @@ from .filecache import FileCache
 from .hostkeys import KnownHosts
 from .pacing import Turn
 from .transport import close_client
+from .tunnel import Bastions
 from .watchdog import Watchdog
 
 __all__ = ["Attempt", "WorkerContext", "over_connection", "run_on_host"]
@@ -63,6 +64,8 @@ class WorkerContext:
                     raise
         # Connections kept for the next command (fleet sessions only).
         self.connections: dict[tuple[object, ...], paramiko.SSHClient] = {}
+        # Bastion connections, shared by every host behind them, for the worker's life.
+        self.bastions = Bastions(self)
 
     def default_keys(self) -> list[paramiko.PKey]:
         """The default identity files (`~/.ssh/id_rsa` … in OpenSSH's order) that load."""
@@ -122,10 +125,11 @@ class WorkerContext:
         return key is not None and self.known_hosts(host).trusts(host.known_hosts_name, key)
 
     def close_connections(self) -> None:
-        """Close every kept connection (a fleet session ends)."""
+        """Close every kept connection and bastion connection (a fleet session ends)."""
         for client in self.connections.values():
             close_client(client)
         self.connections.clear()
+        self.bastions.close()
         self.agents.close()
 
 
@@ -204,7 +208,8 @@ def _agent_copy(agent_keys: Sequence[paramiko.PKey], path: str) -> paramiko.PKey
 def _identity(host: Host) -> tuple[object, ...]:
     # What a kept connection was made with: a host whose settings changed gets a new one.
     return (host.name, host.address, host.port, host.user, host.key_files, host.known_hosts_file,
-            host.identity_agent, host.identities_only, host.default_keys)
+            host.identity_agent, host.identities_only, host.default_keys, host.via,
+            host.proxy_command)
 
 
 def _keep_or_close(

@@ -17,7 +17,7 @@ from paramiko.channel import Channel
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_GLOBAL_REQUEST
 from paramiko.message import Message
 
-__all__ = ["FleetTransport", "close_client"]
+__all__ = ["FleetTransport", "close_client", "hang_up"]
 
 # paramiko logs connection errors at WARNING; with no handler configured Python
 # would print them on stderr, between our sanitised lines. Failures are reported
@@ -95,8 +95,7 @@ class FleetTransport(paramiko.Transport):
         def ask() -> None:  # runs on the transport's own thread
             self._alive_unanswered += 1
             if self._alive_unanswered > limit:
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
+                hang_up(self.sock)
                 return
             message = Message()
             message.add_byte(cMSG_GLOBAL_REQUEST)
@@ -119,6 +118,15 @@ class FleetTransport(paramiko.Transport):
 def close_client(client: paramiko.SSHClient) -> None:
     transport = client.get_transport()
     if transport is not None:
-        with contextlib.suppress(OSError):  # wakes the transport thread now, not at its poll
-            transport.sock.shutdown(socket.SHUT_RDWR)
+        hang_up(transport.sock)  # wakes the transport thread now, not at its poll
     client.close()
+
+
+def hang_up(sock: object) -> None:
+    """End a connection now, waking whatever reads it: a socket is shut down; a channel
+    through a bastion, whose `shutdown` wakes no reader, is closed."""
+    with contextlib.suppress(OSError, EOFError):
+        if isinstance(sock, Channel):
+            sock.close()
+        elif isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)

@@ -2,7 +2,7 @@
 
 paramiko's own timers restart on every byte (banner), apply per key (auth) or
 per read (channels), and `recv_exit_status()` has none. So a deadline here
-shuts the session's socket down when it passes: whatever paramiko is blocked
+shuts the session's socket down (`hang_up`) when it passes: whatever paramiko is blocked
 in then fails at once, and the session sees `alarm.fired`.
 """
 
@@ -14,6 +14,10 @@ import socket
 import threading
 import time
 
+from paramiko import Channel
+
+from .transport import hang_up
+
 __all__ = ["Alarm", "Watchdog"]
 
 
@@ -22,7 +26,7 @@ class Alarm:
 
     __slots__ = ("cancelled", "deadline", "fired", "sock")
 
-    def __init__(self, deadline: float, sock: socket.socket) -> None:
+    def __init__(self, deadline: float, sock: socket.socket | Channel) -> None:
         self.deadline = deadline
         self.sock = sock
         self.fired = False
@@ -42,7 +46,7 @@ class Watchdog:
         self._wake = threading.Condition()
         threading.Thread(target=self._loop, name="fleetexec-watchdog", daemon=True).start()
 
-    def arm(self, deadline: float, sock: socket.socket) -> Alarm:
+    def arm(self, deadline: float, sock: socket.socket | Channel) -> Alarm:
         """Shut `sock` down at `deadline` (a `time.monotonic()` value) unless cancelled."""
         alarm = Alarm(deadline, sock)
         with self._wake:
@@ -65,7 +69,4 @@ class Watchdog:
                     continue
                 alarm = heapq.heappop(self._heap)[2]
                 alarm.fired = True
-                try:
-                    alarm.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed: the session ended on its own
+                hang_up(alarm.sock)  # a no-op if the session already ended on its own

@@ -29,7 +29,9 @@ from .keys import DEFAULT_IDENTITY_FILES, identity_file_problem, public_key_blob
 from .lookup import SshConfig
 from .matching import EXEC_TIMEOUT
 from .reader import default_config_files
+from .tokens import expand_proxy_command
 from .values import HostConfig
 
 __all__ = ["DEFAULT_IDENTITY_FILES", "EXEC_TIMEOUT", "HostConfig", "SshConfig",
-           "default_config_files", "identity_file_problem", "public_key_blob"]
+           "default_config_files", "expand_proxy_command", "identity_file_problem",
+           "public_key_blob"]

@@ -14,7 +14,7 @@ from ..exceptions import ConfigError
 from .reader import Line
 
 __all__ = ["ALL_TOKENS", "HOSTNAME_TOKENS", "PROXY_TOKENS", "expand", "expand_path",
-           "token_table"]
+           "expand_proxy_command", "token_table"]
 
 # Tokens each keyword expands (ssh_config(5) TOKENS, OpenSSH 9.2).
 ALL_TOKENS = frozenset("%CdhiLlnprku")
@@ -37,6 +37,18 @@ def token_table(thishost: str, account: pwd.struct_passwd, *, host: str, origina
 
 def expand(text: str, tokens: dict[str, str], allowed: Iterable[str], line: Line) -> str:
     """misc.c's percent_expand, limited to the tokens the keyword accepts."""
+    return _percent(text, tokens, allowed, f"{line.where}: {line.keyword}")
+
+
+def expand_proxy_command(command: str, *, host: str, port: int, user: str, original: str,
+                         where: str) -> str:
+    """ProxyCommand's tokens (`%h %p %r %n %%`), as ssh expands them when it connects:
+    with the final address, port and user (`ssh -G` shows them unexpanded)."""
+    tokens = {"%": "%", "h": host, "p": str(port), "r": user, "n": original}
+    return _percent(command, tokens, PROXY_TOKENS, f"{where}: ProxyCommand")
+
+
+def _percent(text: str, tokens: dict[str, str], allowed: Iterable[str], where: str) -> str:
     allowed = set(allowed) | {"%"}
     out, i = [], 0
     while i < len(text):
@@ -47,8 +59,7 @@ def expand(text: str, tokens: dict[str, str], allowed: Iterable[str], line: Line
             continue
         key = text[i + 1: i + 2]
         if not key or key not in allowed or key not in tokens:
-            raise ConfigError(f"{line.where}: {line.keyword}: unknown token "
-                              f"%{key} in {text!r}")
+            raise ConfigError(f"{where}: unknown token %{key} in {text!r}")
         out.append(tokens[key])
         i += 2
     return "".join(out)

@@ -126,7 +126,12 @@ class OpenSSHServer:
     def __init__(
         self, *, max_startups: str = "4000:30:8000", max_sessions: int = 64,
         extra_config: Sequence[str] = (), sshd: str = SSHD, start_timeout: float = 10.0,
+        netns: str | None = None, probe_address: str = "127.0.0.1",
+        clients: Sequence[str] = ("127.0.0.0/8",),
     ) -> None:
+        self.netns = netns  # run inside this network namespace (the caller made it)
+        self.probe_address = probe_address  # where the readiness probe connects
+        self.clients = tuple(clients)  # networks logins are accepted from
         self.max_startups = max_startups
         self.max_sessions = max_sessions
         self.extra_config = list(extra_config)
@@ -168,13 +173,15 @@ class OpenSSHServer:
             f"HostKey {self.host_key_path}",
             f"PidFile {self.dir / 'sshd.pid'}",
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
-            "AllowUsers *@127.0.0.0/8",  # loopback clients only, whatever the bind
+            # loopback clients only (or the networks given), whatever the bind
+            "AllowUsers " + " ".join(f"*@{network}" for network in self.clients),
             "StrictModes no",  # the temp dir is not ~/.ssh
             "UsePAM no", "UseDNS no",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password",  # tests run as root
             f"MaxStartups {self.max_startups}", f"MaxSessions {self.max_sessions}",
-            "LogLevel ERROR",
+            *([] if any(line.startswith("LogLevel") for line in self.extra_config)
+              else ["LogLevel ERROR"]),  # sshd takes a keyword's first value
             # bash sources ~/.bashrc for ssh commands while SHLVL < 2; root's
             # runs `pyenv init` (slow, noisy). SHLVL=1 becomes 2 in bash.
             "SetEnv SHLVL=1",
@@ -208,8 +215,9 @@ class OpenSSHServer:
             self.config_path.write_text(self.config_text(port))
             self._run_check()
             with self.log_path.open("wb") as log:
+                netns = ["ip", "netns", "exec", self.netns] if self.netns else []
                 self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own config
-                    [self.sshd, "-D", "-e", "-f", str(self.config_path)],
+                    [*netns, self.sshd, "-D", "-e", "-f", str(self.config_path)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 )
             if self._wait_ready(self._proc, port):
@@ -241,7 +249,8 @@ class OpenSSHServer:
             except subprocess.TimeoutExpired:
                 pass
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0) as probe:
+                with socket.create_connection((self.probe_address, port),
+                                              timeout=1.0) as probe:
                     if probe.recv(64).startswith(b"SSH-"):
                         return True
             except OSError:
