@@ -246,6 +246,10 @@ class _Apply:
                               f"(a ProxyJump loop?)")
         *before, last = spec.split(",")
         user, name, port = parse_jump(last)[0]
+        if (name, port or 22, user or self.changes["user"]) == (
+                self.host.name, self.changes["port"], self.changes["user"]):
+            raise ConfigError(f"{self.host.name}: jump host loop via {name} (as ssh says; give "
+                              f"it ProxyJump none in the ssh config)")
         bastion = Host(name, user=user, port=port, proxy_jump=",".join(before) or None,
                        explicit=frozenset(k for k, v in (("user", user), ("port", port)) if v))
         # The run's credentials and trust settings apply to bastions; -u, -p and -J do not.

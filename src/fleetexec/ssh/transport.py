@@ -1,9 +1,12 @@
 """The paramiko Transport as fleetexec drives it, and how a client is closed.
 
 paramiko drops `exit-signal` (a killed command looks like exit -1), logs
-dozens of lines per connection, and its transport thread notices a local
-close only at its next socket poll. This subclass records the signal, stays
-silent, and `close_client` shuts the socket down so the thread exits at once.
+dozens of lines per connection, its transport thread notices a local
+close only at its next socket poll, and a close racing a send can put data on
+a channel the server has freed (which OpenSSH answers by dropping the whole
+connection). This subclass records the signal, stays silent, sends nothing on
+a closed channel, and `close_client` shuts the socket down so the thread exits
+at once.
 """
 
 from __future__ import annotations
@@ -11,10 +14,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 
 import paramiko
 from paramiko.channel import Channel
-from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_GLOBAL_REQUEST
+from paramiko.common import (
+    MSG_CHANNEL_CLOSE,
+    MSG_CHANNEL_FAILURE,
+    MSG_CHANNEL_REQUEST,
+    MSG_CHANNEL_WINDOW_ADJUST,
+    cMSG_GLOBAL_REQUEST,
+)
 from paramiko.message import Message
 
 __all__ = ["FleetTransport", "close_client", "hang_up"]
@@ -25,6 +35,8 @@ __all__ = ["FleetTransport", "close_client", "hang_up"]
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _WINDOW = 1024 * 1024
+# The messages that name the server's channel right after their type byte (RFC 4254).
+_CHANNEL_MESSAGES = (MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_FAILURE)
 
 
 def _handle_channel_request(chan: Channel, m: Message) -> None:
@@ -71,16 +83,48 @@ class FleetTransport(paramiko.Transport):
         MSG_CHANNEL_REQUEST: _handle_channel_request,
     }
 
-    def __init__(self, sock: socket.socket, **kwargs: object) -> None:
+    def __init__(self, sock: socket.socket | Channel, **kwargs: object) -> None:
         # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
         # slot absorbs at most this much, so the bulk limit really limits.
         super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
+        self._closed_channels: set[int] = set()  # server channel ids we have sent a close for
+        self._closing = threading.Lock()
         self._alive_unanswered = 0
         # paramiko logs dozens of lines per connection; failures reach us as
         # results, so the per-packet logging calls are pure cost here.
         self.logger = _SILENT  # type: ignore[assignment]
         self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
+
+    def _send_user_message(self, data: Message) -> None:
+        # paramiko checks that a channel is open, lets go of its lock, then sends: another
+        # thread's close can go out in between, and OpenSSH's answer to data on a channel
+        # it has freed is to drop the whole connection ("data packet referred to
+        # nonexistent channel"): through a bastion, every host behind it. So nothing is
+        # sent on a channel after its close.
+        view = data.packet.getbuffer()
+        kind = view[0]
+        channel = int.from_bytes(view[1:5], "big") if _CHANNEL_MESSAGES[0] <= kind <= \
+            _CHANNEL_MESSAGES[1] else None
+        view.release()
+        if channel is None:
+            super()._send_user_message(data)  # type: ignore[misc]
+            return
+        with self._closing:
+            if channel in self._closed_channels:
+                return
+            if kind == MSG_CHANNEL_CLOSE:
+                self._closed_channels.add(channel)
+            super()._send_user_message(data)  # type: ignore[misc]
+
+    def _parse_channel_open_success(self, m: Message) -> None:
+        start = m.packet.tell()
+        m.get_int()
+        reused = m.get_int()  # the server may give a freed channel id to a new channel
+        m.packet.seek(start)
+        with self._closing:
+            self._closed_channels.discard(reused)
+        super()._parse_channel_open_success(m)  # type: ignore[misc]
 
     def _parse_debug(self, m: Message) -> None:
         pass  # server debug messages: paramiko formats them byte by byte only to log them

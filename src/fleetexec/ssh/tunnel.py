@@ -74,9 +74,13 @@ class Bastions:
             raise Failure(Status.UNREACHABLE, f"jump host {_named(bastion)} cannot reach "
                           f"{where}: {sanitize(error.text, single_line=True)}") from None
         except (paramiko.SSHException, EOFError, OSError) as error:
-            status = Status.TIMEOUT if "Timeout" in str(error) else Status.CONNECTION_LOST
-            raise Failure(status, f"jump host {_named(bastion)} did not open a channel to "
-                          f"{where} within {timeout:g}s" if status is Status.TIMEOUT else
+            if "Timeout" in str(error):
+                raise Failure(Status.TIMEOUT, f"jump host {_named(bastion)} did not open a "
+                              f"channel to {where} within {timeout:g}s") from None
+            if transport.is_active():  # refused: paramiko keeps one reason for all at once
+                raise Failure(Status.UNREACHABLE, f"jump host {_named(bastion)} cannot reach "
+                              f"{where}: channel refused") from None
+            raise Failure(Status.CONNECTION_LOST,
                           f"jump host {_named(bastion)}: connection lost") from None
         return channel, ready
 
