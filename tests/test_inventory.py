@@ -986,7 +986,8 @@ def test_fuzz_random_text(text: str) -> None:
 
 
 _WORDS = ["defaults", "groups", "hosts", "vars", "children", "port", "user", "key_files",
-          "connect_timeout", "command_timeout", "known_hosts_file", "address", "password", "proxy_jump",
+          "connect_timeout", "command_timeout", "known_hosts_file", "address", "password",
+          "proxy_jump",
           "web1", "web[1-3]", "db[01-02]", "'no'", "no", "yes", "~", "12:30", "0022", "22",
           "2.5", "-1", ".nan", "web", "db", "'-oProxyCommand=id'", "'a b'", "!!python/name:os.sep",
           "!!str x", "!!binary aGk=", "&a x", "*a", "2001-01-01", "<<", "'[::1]'", "::1", "\"\"",

@@ -204,7 +204,8 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
             proxy[found_proxy[0]] = found_proxy[1]
     try:
         return Host(name, address=address or "", port=port, user=user,
-                    key_files=tuple(keys), groups=tuple(groups), **proxy)
+                    key_files=tuple(keys), groups=tuple(groups),
+                    proxy_jump=proxy.get("proxy_jump"), proxy_command=proxy.get("proxy_command"))
     except ValueError as exc:  # all checked above; this keeps any miss located
         return refuse(str(exc))
 

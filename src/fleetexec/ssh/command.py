@@ -65,7 +65,7 @@ def exec_and_drain(
     options = context.options
     # --sudo: the gate wraps the command and stands between the channel's stderr and `err`.
     sudo = SudoGate(err, options.sudo_user, options.sudo_password) if options.sudo else None
-    alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None  # type: ignore[arg-type]
+    alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None
     try:
         try:
             channel = transport.open_session(timeout=timeout or None)

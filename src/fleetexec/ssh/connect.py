@@ -118,11 +118,11 @@ def _open_with_banner(host: Host, deadline: float, timeout: float,
             _explain_proxy(failure, sock)
             sock.close()
             raise
-        failure = Failure(Status.CONNECTION_LOST, "")
-        _explain_proxy(failure, sock)
+        closed = Failure(Status.CONNECTION_LOST, "")
+        _explain_proxy(closed, sock)
         sock.close()
-        if failure.message:  # a ProxyCommand that ended: trying again would not help
-            raise failure
+        if closed.message:  # a ProxyCommand that ended: trying again would not help
+            raise closed
         attempts += 1
         # Bounded, backed-off retries for this case only: the deadline or the count ends them.
         pause = _backoff(attempts)

@@ -82,7 +82,7 @@ class _Attempt:
         start = time.monotonic()
         alarm: Alarm | None = None
         if timeout:
-            alarm = self.context.watchdog.arm(start + timeout, transport.sock)  # type: ignore[arg-type]
+            alarm = self.context.watchdog.arm(start + timeout, transport.sock)
         sftp: paramiko.SFTPClient | None = None
         try:
             sftp = _open_sftp(transport, timeout, alarm)

@@ -145,7 +145,7 @@ class FleetTransport(paramiko.Transport):
             message.add_byte(cMSG_GLOBAL_REQUEST)
             message.add_string("keepalive@openssh.com")
             message.add_boolean(True)  # want a reply: that is the point
-            self._send_user_message(message)  # type: ignore[attr-defined]
+            self._send_user_message(message)
 
         self._alive_unanswered = 0
         self.packetizer.set_keepalive(interval, ask)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import paramiko
 
@@ -138,6 +138,9 @@ class ProxySocket(socket.socket):
     """
 
     __slots__ = ("command", "process", "stderr")
+    command: str
+    process: subprocess.Popen[bytes]
+    stderr: IO[bytes]
 
     def close(self) -> None:
         super().close()
@@ -170,7 +173,8 @@ def proxy_command_socket(command: str) -> ProxySocket:
     try:
         process = subprocess.Popen(  # noqa: S603 - the user's own configured command
             [os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"],
-            stdin=theirs, stdout=theirs, stderr=stderr, close_fds=True, start_new_session=True)
+            stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=stderr, close_fds=True,
+            start_new_session=True)  # Ctrl-C is the run's to handle; we end it on close
     except OSError as error:
         ours.close()
         stderr.close()
