@@ -117,7 +117,9 @@ class OpenSSHServer:
     lines are appended to ``sshd_config`` verbatim. Keys exist from
     construction; `stop` removes the temp dir, so an instance starts once.
     With a tight MaxStartups, the readiness probe may hold a slot for a
-    moment after `start` returns.
+    moment after `start` returns. `netns` runs it inside a network namespace
+    the caller made (`probe_address`: one of its addresses reachable from
+    here; `clients`: the networks it accepts logins from).
 
     >>> with OpenSSHServer(max_startups="2:100:2") as sshd:    # doctest: +SKIP
     ...     sshd.write_known_hosts(tmp / "known_hosts", ["127.0.1.1"])
