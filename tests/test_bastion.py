@@ -374,3 +374,20 @@ def test_kept_connections_through_a_bastion_serve_a_second_command(dmz: Dmz) -> 
     assert {r.status for r in (*first.results.values(), *second.results.values())} == {
         Status.OK}
     assert dmz.connections(dmz.bastion) - before == 1
+
+
+def test_persist_keeps_the_bastion_connection_between_runs(
+        dmz: Dmz, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    before = dmz.connections(dmz.bastion)
+    try:
+        for _ in range(2):
+            code, results = dmz.run("-H", ",".join(dmz.targets[:5]), "-J",
+                                    f"{dmz.bastion}:{dmz.port}", "--persist")
+            assert code == 0 and {r["status"] for r in results} == {"ok"}, _failed(results)
+    finally:
+        subprocess.run([sys.executable, "-m", "fleetexec", "agent", "stop"],
+                       capture_output=True, timeout=30, check=False)
+    assert 1 <= dmz.connections(dmz.bastion) - before <= 2  # the agent's workers kept it

@@ -35,6 +35,12 @@ def _agent_socket(agent: str | None) -> str | None:
     return agent
 
 
+def _with_agent_socket(host: Host) -> Host:
+    """`host` and its bastions with their IdentityAgent read from this environment."""
+    return dataclasses.replace(host, identity_agent=_agent_socket(host.identity_agent),
+                               via=tuple(_with_agent_socket(b) for b in host.via))
+
+
 class AgentBackend:
     """Runs jobs in this user's agent (started on first use), on its kept connections."""
 
@@ -49,8 +55,7 @@ class AgentBackend:
             raise ConfigError("put/get cannot be combined with --persist (the agent runs "
                               "commands only)")
         # The agent outlives this shell: it uses the ssh-agent this client uses now.
-        hosts = [dataclasses.replace(h, identity_agent=_agent_socket(h.identity_agent))
-                 for h in hosts]
+        hosts = [_with_agent_socket(h) for h in hosts]
         path, skipped = choose_socket_path()
         self.notes = [f"{reason}; the agent uses {path.parent} instead" for reason in skipped]
         conn = self._conn = _connect_or_spawn(path, self.idle)

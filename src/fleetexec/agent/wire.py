@@ -38,6 +38,7 @@ def decode_result(fields: dict[str, Any]) -> HostResult:
 def encode_host(host: Host) -> dict[str, Any]:
     fields = dataclasses.asdict(host)
     fields["explicit"] = sorted(host.explicit)
+    fields["via"] = [encode_host(bastion) for bastion in host.via]
     return fields
 
 
@@ -47,8 +48,12 @@ def decode_host(fields: object) -> Host:
     lists = {k: tuple(v) for k, v in fields.items()
              if k in ("key_files", "groups", "user_known_hosts", "global_known_hosts")
              and isinstance(v, list)}
+    via = fields.get("via", [])
+    if not isinstance(via, list):
+        raise ConfigError("a host's via must be a list of hosts")
     try:
-        return Host(**dict(fields, **lists, explicit=frozenset(fields.get("explicit", ()))))
+        return Host(**dict(fields, **lists, explicit=frozenset(fields.get("explicit", ())),
+                           via=tuple(decode_host(bastion) for bastion in via)))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"bad host: {error}") from None
 
