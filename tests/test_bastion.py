@@ -391,3 +391,23 @@ def test_persist_keeps_the_bastion_connection_between_runs(
         subprocess.run([sys.executable, "-m", "fleetexec", "agent", "stop"],
                        capture_output=True, timeout=30, check=False)
     assert 1 <= dmz.connections(dmz.bastion) - before <= 2  # the agent's workers kept it
+
+
+def test_files_go_through_the_bastion_too(dmz: Dmz, tmp_path: Path) -> None:
+    assert dmz.server is not None
+    local = tmp_path / "app.conf"
+    local.write_bytes(b"through the bastion\n")
+    remote = f"/tmp/fleetexec-bastion-{os.getpid()}.conf"  # the namespace shares our files
+    targets = dmz.targets[:3]
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetexec", "put", "-o", "json", "-q",
+         "--known-hosts", dmz.known_hosts(), "--no-system-known-hosts",
+         "-k", str(dmz.server.client_key_path), "-u", dmz.server.user, "-p", str(dmz.port),
+         "-H", ",".join(targets), "-J", f"{dmz.bastion}:{dmz.port}", str(local), remote],
+        capture_output=True, text=True, timeout=120)
+    try:
+        results = json.loads(done.stdout)["hosts"]
+        assert done.returncode == 0 and {r["status"] for r in results} == {"ok"}, done.stderr
+        assert Path(remote).read_bytes() == b"through the bastion\n"
+    finally:
+        Path(remote).unlink(missing_ok=True)
