@@ -373,7 +373,7 @@ def test_what_fleetexec_will_not_do_is_refused_per_host() -> None:
     assert inv.hosts["web9"].key_files == ("/k/m", "/k/a")
     assert inv.hosts["web4"].proxy_jump == "bastion.example.com"
     assert inv.hosts["web5"].proxy_jump == "jump@bastion:2222"
-    assert inv.hosts["web6"].proxy_command == "ssh -W %h:%p bastion"
+    assert inv.hosts["web6"].proxy_jump == "bastion"  # ssh -W %h:%p HOST is a jump host
     assert inv.hosts["web1"].proxy_jump is inv.hosts["web1"].proxy_command is None
     reasons = {name: text.split(": ", 2)[-1] for name, text in inv.refused.items()}
     secret = ("secrets do not belong in the inventory; use FLEETEXEC_PASSWORD / --ask-password "
@@ -394,6 +394,22 @@ def test_what_fleetexec_will_not_do_is_refused_per_host() -> None:
     }
     assert inv.refused["web7"].startswith("hosts:8: ansible_ssh_common_args: ")
     assert "hunter2" not in " ".join(inv.refused.values())
+
+
+def test_a_proxy_command_is_a_jump_host_or_refused_never_run() -> None:
+    inv = ini("""\
+        [web]
+        a ansible_ssh_common_args='-o ProxyCommand="ssh -q -W %h:%p -l ops -p 2200 gate"'
+        b ansible_ssh_common_args='-o ProxyCommand="nc %h %p"'
+        c ansible_connection=paramiko ansible_paramiko_proxy_command='ssh -W %h:%p gate'
+        d ansible_ssh_common_args='-o ProxyCommand="ssh -W %h:%p gate; touch /tmp/x"'
+        """)
+    assert inv.hosts["a"].proxy_jump == "ops@gate:2200"
+    assert inv.hosts["c"].proxy_jump == "gate"
+    assert inv.hosts["a"].proxy_command is inv.hosts["c"].proxy_command is None
+    assert sorted(inv.refused) == ["b", "d"]
+    assert "'-o ProxyCommand=nc %h %p', a local command to run; fleetexec runs a " \
+           "ProxyCommand only from your ssh config" in inv.refused["b"]
 
 
 def test_selecting_a_refused_host_names_it_and_how_to_leave_it_out() -> None:

@@ -15,7 +15,9 @@ The judges are `ansible-inventory -i FILE --list` and `ansible -i FILE PATTERN -
   `_user`, `_private_key_file` beat `ansible_host`, ... whichever level each came from.
   The result is `Host(address, port, user, key_files)`; `-i FILE` in
   `ansible_ssh_common_args` / `_extra_args` adds a key file, and `-J`, `-o ProxyJump=`
-  or `-o ProxyCommand=` there (or `ansible_paramiko_proxy_command`) the bastion.
+  or a `-o ProxyCommand=ssh -W %h:%p HOST` there (or such an
+  `ansible_paramiko_proxy_command`) the bastion. Any other ProxyCommand is refused: an
+  inventory never makes fleetexec run a local command.
 
 Refused, never guessed. Per host (the inventory loads; selecting the host is an
 `InventoryError` saying why, so the rest stays usable): a connection other than SSH

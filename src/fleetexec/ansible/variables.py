@@ -1,7 +1,7 @@
 """Which variables matter, and what they make of a host: Ansible's variable precedence,
-its connection variables mapped to `Host(address, port, user, key_files, proxy_jump,
-proxy_command)`, and the refusals (another connection, a secret, an ssh option,
-host key checking off, a template or a vault-encrypted value where a setting is read).
+its connection variables mapped to `Host(address, port, user, key_files, proxy_jump)`, and
+the refusals (another connection, a secret, an ssh option, host key checking off, a template
+or a vault-encrypted value where a setting is read).
 
 Ansible's precedence: the `all` group, then the host's groups by depth,
 `ansible_group_priority` and name, then group_vars/all, group_vars/GROUP (same order), the
@@ -28,6 +28,10 @@ _CREDENTIALS_ELSEWHERE = ("secrets do not belong in the inventory; use FLEETEXEC
                 "--ask-password (or FLEETEXEC_SUDO_PASSWORD with --sudo) or an encrypted "
                 "key")
 _SSH = frozenset({"ssh", "smart", "paramiko", "paramiko_ssh"})
+# An inventory is data, often from a repository: it never makes fleetexec run a local command.
+_LOCAL_COMMAND = ("has {}, a local command to run; fleetexec runs a ProxyCommand only from "
+                  "your ssh config, and reads `ssh -W %h:%p [-p PORT] [-l USER] HOST` here as "
+                  "a jump host (or use -J / ProxyJump)")
 # Connection settings, weakest spelling first: Ansible takes the last one set.
 _ALIASES = {
     "address": ("ansible_host", "ansible_ssh_host"),
@@ -181,14 +185,14 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
     if problem:
         return problem
     keys = [key_file] if key_file else []  # `~` and relative paths: resolve() expands
-    proxy: dict[str, str] = {}  # proxy_jump or proxy_command: the first one given wins
+    jump: str | None = None  # the first one given wins, as in ssh
     if plugin.startswith("paramiko") and "ansible_paramiko_proxy_command" in merged:
         var = merged["ansible_paramiko_proxy_command"]
-        if not isinstance(var.value, str) or not var.value.strip() or _TEMPLATE.search(
-                var.value):
-            return refuse(f"has ansible_paramiko_proxy_command {var.shown}, which fleetexec "
-                          "cannot read", var, "ansible_paramiko_proxy_command")
-        proxy["proxy_command"] = var.value
+        proxy_jump = _ssh_w_jump(var.value) if isinstance(var.value, str) else None
+        if proxy_jump is None:
+            return refuse(_LOCAL_COMMAND.format(f"ansible_paramiko_proxy_command {var.shown}"),
+                          var, "ansible_paramiko_proxy_command")
+        jump = proxy_jump
     for setting in _ARGS:
         if setting not in merged or merged[setting].value in (None, ""):
             continue
@@ -196,30 +200,29 @@ def settle(record: HostRecord, groups: list[str], sources: list[Layer]) -> Host 
         if not isinstance(var.value, str) or _TEMPLATE.search(var.value):
             return refuse(f"has {setting} {var.shown}, which fleetexec cannot read", var,
                           setting)
-        found_keys, found_proxy, problem = _ssh_args(var.value)
+        found_keys, found_jump, problem = _ssh_args(var.value)
         if problem:
             return refuse(problem, var, setting)
         keys.extend(found_keys)
-        if found_proxy and not proxy:
-            proxy[found_proxy[0]] = found_proxy[1]
+        jump = jump or found_jump
     try:
         return Host(name, address=address or "", port=port, user=user,
                     key_files=tuple(keys), groups=tuple(groups),
-                    proxy_jump=proxy.get("proxy_jump"), proxy_command=proxy.get("proxy_command"))
+                    proxy_jump=jump)
     except ValueError as exc:  # all checked above; this keeps any miss located
         return refuse(str(exc))
 
 
-def _ssh_args(text: str) -> tuple[list[str], tuple[str, str] | None, str | None]:
+def _ssh_args(text: str) -> tuple[list[str], str | None, str | None]:
     """The key files (`-i FILE`, `-o IdentityFile=FILE`) and the bastion (`-J`,
-    `-o ProxyJump=`, `-o ProxyCommand=`: the first wins, as in ssh) in ssh options, or
-    the refusal of an option fleetexec does not support."""
+    `-o ProxyJump=`, `-o ProxyCommand=ssh -W %h:%p HOST`: the first wins, as in ssh) in ssh
+    options, or the refusal of an option fleetexec does not support."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
         return [], None, f"has ssh options fleetexec cannot read ({str(exc).lower()})"
     keys: list[str] = []
-    proxy: tuple[str, str] | None = None
+    jump: str | None = None
     index = 0
     while index < len(words):
         word = words[index]
@@ -237,7 +240,10 @@ def _ssh_args(text: str) -> tuple[list[str], tuple[str, str] | None, str | None]
             elif option == "proxyjump":
                 flag, value = "-J", setting
             elif option == "proxycommand":
-                proxy = proxy or ("proxy_command", setting)
+                command_jump = _ssh_w_jump(setting)
+                if command_jump is None:
+                    return [], None, _LOCAL_COMMAND.format(f"'-o {value}'")
+                jump = jump or command_jump
                 continue
             elif option in ("controlmaster", "controlpersist", "controlpath"):
                 continue  # ssh's connection sharing: fleetexec keeps its own connections
@@ -254,12 +260,49 @@ def _ssh_args(text: str) -> tuple[list[str], tuple[str, str] | None, str | None]
                     parse_jump(value)
             except ValueError as exc:
                 return [], None, f"has a bad jump host list {value!r} ({exc})"
-            proxy = proxy or ("proxy_jump", value)
+            jump = jump or value
         elif flag == "-i":
             keys.append(value)
         elif not re.fullmatch(r"-[CqT]+", word):  # compression, quiet, no tty: no-ops here
             return [], None, f"has ssh option {word!r}, which fleetexec does not support"
-    return keys, proxy, None
+    return keys, jump, None
+
+
+def _ssh_w_jump(command: str) -> str | None:
+    """The bastion of a ProxyCommand that is plain `ssh -W %h:%p [-q] [-p PORT] [-l USER]
+    [user@]host` (the usual way to write a jump host), as a jump list; None otherwise."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or words[0] not in ("ssh", "/usr/bin/ssh") or "-W" not in words:
+        return None
+    user = port = host = None
+    rest = iter(words[1:])
+    for word in rest:
+        if word == "-W":
+            if next(rest, None) not in ("%h:%p", "[%h]:%p"):
+                return None
+        elif word in ("-p", "-l"):
+            value = next(rest, None)
+            if word == "-p":
+                port = value
+            else:
+                user = value
+        elif word == "-q":
+            continue
+        elif word.startswith("-") or host is not None:
+            return None  # an option we would have to interpret, or a remote command
+        else:
+            host = word
+    if host is None or ":" in host:  # ssh reads `host:22` as a name, not a port
+        return None
+    jump = (f"{user}@" if user and "@" not in host else "") + host + (f":{port}" if port else "")
+    try:
+        parse_jump(jump)
+    except ValueError:
+        return None
+    return jump
 
 
 def _boolean(value: Any) -> bool | None:
