@@ -186,8 +186,10 @@ def test_a_dead_bastion_is_tried_once_per_worker_and_named_by_every_host_behind_
             sshd, known, jump=f"{dead.address}:{dead.port}", connect_timeout=0.5, processes=2))
         accepted = dead.accepted
     errors = {(r.status, r.error) for r in report.results.values()}
-    assert errors == {(Status.TIMEOUT, f"jump host {dead.address}:{dead.port}: no SSH banner "
-                                       "within 0.5s")}
+    assert len(errors) <= 2  # one failure per worker process, shared by its hosts
+    for status, error in errors:
+        assert status is Status.TIMEOUT
+        assert str(error).startswith(f"jump host {dead.address}:{dead.port}: ")  # names it
     assert 1 <= accepted <= 2  # one attempt per worker process, not one per target
 
 

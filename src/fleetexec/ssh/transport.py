@@ -96,26 +96,27 @@ class FleetTransport(paramiko.Transport):
         self.logger = _SILENT  # type: ignore[assignment]
         self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
 
-    def _send_user_message(self, data: Message) -> None:
+    def _send_message(self, data: Message) -> None:
         # paramiko checks that a channel is open, lets go of its lock, then sends: another
         # thread's close can go out in between, and OpenSSH's answer to data on a channel
         # it has freed is to drop the whole connection ("data packet referred to
         # nonexistent channel"): through a bastion, every host behind it. So nothing is
-        # sent on a channel after its close.
+        # sent on a channel after its close. (Here, not in _send_user_message: that one
+        # waits for a key exchange to end, which must not happen under our lock.)
         view = data.packet.getbuffer()
         kind = view[0]
         channel = int.from_bytes(view[1:5], "big") if _CHANNEL_MESSAGES[0] <= kind <= \
             _CHANNEL_MESSAGES[1] else None
         view.release()
         if channel is None:
-            super()._send_user_message(data)  # type: ignore[misc]
+            super()._send_message(data)  # type: ignore[misc]
             return
         with self._closing:
             if channel in self._closed_channels:
                 return
             if kind == MSG_CHANNEL_CLOSE:
                 self._closed_channels.add(channel)
-            super()._send_user_message(data)  # type: ignore[misc]
+            super()._send_message(data)  # type: ignore[misc]
 
     def _parse_channel_open_success(self, m: Message) -> None:
         start = m.packet.tell()
@@ -145,7 +146,7 @@ class FleetTransport(paramiko.Transport):
             message.add_byte(cMSG_GLOBAL_REQUEST)
             message.add_string("keepalive@openssh.com")
             message.add_boolean(True)  # want a reply: that is the point
-            self._send_user_message(message)
+            self._send_user_message(message)  # type: ignore[attr-defined]
 
         self._alive_unanswered = 0
         self.packetizer.set_keepalive(interval, ask)
