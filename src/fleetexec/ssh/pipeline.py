@@ -84,9 +84,11 @@ class EarlyChannel:
         self.state = state  # pending, open, refused; taken (handed out) or abandoned
 
 
-def send_channel_open(fleet: FleetTransport) -> EarlyChannel:
+def send_channel_open(fleet: FleetTransport, register: Callable[[EarlyChannel], None]
+                      ) -> EarlyChannel:
     """Send CHANNEL_OPEN session now, as `Transport.open_channel` would, without waiting
-    for the answer; the transport's handlers record it (see FleetTransport)."""
+    for the answer. `register` gets the channel (its sequence number known) before it
+    is sent, so the transport's handlers know it when the answer comes."""
     transport: Any = fleet  # paramiko's private parts, which its type stubs leave out
     window = transport._sanitize_window_size(None)  # noqa: SLF001 - open_session's defaults
     packet = transport._sanitize_packet_size(None)  # noqa: SLF001
@@ -104,27 +106,35 @@ def send_channel_open(fleet: FleetTransport) -> EarlyChannel:
         transport.channels_seen[chanid] = True
         chan._set_transport(transport)  # type: ignore[attr-defined]  # noqa: SLF001
         chan._set_window(window, packet)  # type: ignore[attr-defined]  # noqa: SLF001
-    seqno = send_numbered(fleet, m)
-    return EarlyChannel(chan, seqno, event)
+    early = EarlyChannel(chan, -1, event)
+
+    def numbered(seqno: int) -> None:
+        early.seqno = seqno
+        register(early)
+
+    send_numbered(fleet, m, numbered)
+    return early
 
 
-def send_numbered(fleet: FleetTransport, m: Message) -> int:
-    """Send `m` as a user message (after the key exchange) and return its sequence number."""
+def send_numbered(fleet: FleetTransport, m: Message,
+                  numbered: Callable[[int], None] = lambda seqno: None) -> bool:
+    """Send `m` as a user message (after the key exchange); `numbered` gets its sequence
+    number just before it goes. False if the connection died first."""
     transport: Any = fleet
     packetizer = transport.packetizer
     deadline = time.monotonic() + transport.clear_to_send_timeout
     while True:
         transport.clear_to_send.wait(0.1)
         if not transport.active:
-            return -1  # dropped, as paramiko drops user messages on a dead connection
+            return False  # dropped, as paramiko drops user messages on a dead connection
         with transport.clear_to_send_lock:
             if transport.clear_to_send.is_set():
                 with getattr(packetizer, _WRITE_LOCK):
-                    seqno: int = getattr(packetizer, _SEQ_OUT)
+                    numbered(getattr(packetizer, _SEQ_OUT))
                     transport._send_message(m)  # noqa: SLF001
-                return seqno
+                return True
         if time.monotonic() > deadline:
-            return -1
+            return False
 
 
 class PipelinedAuth(AuthHandler):

@@ -189,7 +189,7 @@ class FleetTransport(paramiko.Transport):
         """Ask for a session channel now, behind the user-auth request just sent (one per
         request: a channel asked for before a rejection is refused)."""
         if self.early_channel and self.active:  # type: ignore[attr-defined]
-            self._early.append(send_channel_open(self))
+            send_channel_open(self, self._early.append)
 
     def open_session(self, window_size: int | None = None, max_packet_size: int | None = None,
                      timeout: float | None = None) -> Channel:
