@@ -329,3 +329,19 @@ def test_real_sshd_refuses_the_early_channel_of_a_rejected_key_and_takes_the_nex
     finally:
         relay.close()
     assert (r.status, r.stdout) == (Status.OK, b"pipelined\n"), r.error
+
+
+# ---- the mock fleet (mockssh: paramiko servers on sockets) ----------------------------
+
+
+def test_mock_fleet_with_a_rejected_key_first_runs_the_command(tmp_path: Path) -> None:
+    # mockssh refuses the channel sent behind the rejected key (CHANNEL_OPEN_FAILURE, as it
+    # is not authenticated yet) and takes the one sent behind the accepted key.
+    from fleetexec.testing import MockFleet
+
+    _, stranger = _key_file(tmp_path / "id_stranger")
+    with MockFleet(2) as fleet:
+        result = fleet.run("hostname", key_files=[stranger, str(fleet.key_path)],
+                           identities_only=True)
+    assert {name: (r.status, r.stdout) for name, r in result.items()} == {
+        "host1": (Status.OK, b"host1\n"), "host2": (Status.OK, b"host2\n")}
