@@ -28,6 +28,7 @@ import paramiko
 from paramiko.common import (
     AUTH_FAILED,
     AUTH_SUCCESSFUL,
+    MSG_CHANNEL_CLOSE,
     MSG_CHANNEL_OPEN,
     MSG_CHANNEL_REQUEST,
     OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
@@ -173,9 +174,10 @@ class ReactiveServer(paramiko.ServerInterface):
 
     `channels`: "normal" (paramiko refuses a channel opened before the authentication
     succeeded with CHANNEL_OPEN_FAILURE), "unimplemented" (answers it with UNIMPLEMENTED,
-    as OpenSSH does) or "refuse-first" (refuses the first session channel whenever it
+    as OpenSSH does), "refuse-first" (refuses the first session channel whenever it
     comes, as a server that opens channels only after its authentication finished
-    elsewhere would).
+    elsewhere would) or "pre-auth" (opens channels before any authentication succeeded:
+    a lax server). `closed` counts the channels the client closed.
     """
 
     def __init__(self, end: _End, host_key: paramiko.PKey, accepted: paramiko.PKey,
@@ -200,6 +202,10 @@ class ReactiveServer(paramiko.ServerInterface):
                 return ensure(ptype, m)
 
             self.transport._ensure_authed = unimplemented  # type: ignore[attr-defined]
+        if channels == "pre-auth":
+            self.transport._ensure_authed = lambda ptype, m: None  # type: ignore[attr-defined]
+        self.closed = 0
+        table[MSG_CHANNEL_CLOSE] = self._channel_close
         self.transport.start_server(event=threading.Event(), server=self)  # not blocking
 
     def get_allowed_auths(self, username: str) -> str:
@@ -227,6 +233,11 @@ class ReactiveServer(paramiko.ServerInterface):
             channel.send_exit_status(0)
             channel.shutdown_write()
             channel.close()
+
+    def _channel_close(self, channel: paramiko.Channel, m: Message) -> None:
+        if not channel.closed:  # the client's close, not the answer to ours
+            self.closed += 1
+        paramiko.Channel._handle_close(channel, m)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.transport.close()

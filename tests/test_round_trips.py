@@ -135,6 +135,15 @@ def test_a_server_refusing_the_early_channel_gets_a_normal_one_after_auth(rig: R
     assert rig.server is not None and rig.server.opened == 2
 
 
+def test_an_early_channel_opened_despite_a_rejection_is_closed_and_the_newest_used(
+        rig: Rig) -> None:
+    result, pipe = rig.run((rig.bad_path, rig.good_path), channels="pre-auth")
+    assert result.status is Status.OK, result.error
+    assert pipe.rounds == 5, pipe.flights
+    assert rig.server is not None and rig.server.opened == 2
+    assert rig.server.closed >= 1  # the spare one, closed by the client
+
+
 def test_without_the_early_channel_the_open_waits_for_the_auth(rig: Rig) -> None:
     # A server not known to answer early channels (by its banner) is not sent one.
     result, pipe = rig.run((rig.good_path,), early_channel=False)

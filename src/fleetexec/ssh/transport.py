@@ -244,8 +244,9 @@ class FleetTransport(paramiko.Transport):
         super()._parse_channel_open_success(m)  # type: ignore[misc]
         if early is not None:
             early.event.set()
-            if early.state == "abandoned":
-                self._abandon(EarlyChannel(early.chan, early.seqno, early.event, "open"))
+            if early.state == "abandoned":  # asked for before a rejection, opened anyway
+                with contextlib.suppress(Exception):
+                    early.chan.close()
 
     def _parse_channel_open_failure(self, m: Message) -> None:
         start = m.packet.tell()
