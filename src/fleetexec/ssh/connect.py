@@ -1,10 +1,15 @@
 """Connecting to one host: TCP (or a bastion's channel, or a ProxyCommand), banner, key
-exchange, host key, auth, under one deadline."""
+exchange, host key, auth, under one deadline.
+
+The handshake itself is `FleetTransport`'s (it reads the banner and pipelines
+what it may, see `pipeline`); here: the socket, the retries, the deadline, and
+turning what went wrong into a `Failure`.
+"""
 
 from __future__ import annotations
 
+import functools
 import random
-import select
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -15,6 +20,7 @@ from ..exceptions import ConfigError
 from ..host import Host
 from ..resolve import accept_new_file, host_key_policy
 from ..results import Status
+from .banner import BannerTimeout, BannerTooLong
 from .credentials import FleetAuth, WeakKeyExchange
 from .failure import Failure
 from .hostkeys import HostKeyConflict, KnownHosts, fingerprint, record_host_key, to_pkey
@@ -23,13 +29,16 @@ from .tunnel import ProxySocket, proxy_command_socket
 from .watchdog import Alarm
 
 if TYPE_CHECKING:
+    from .pacing import Turn
     from .session import WorkerContext
 
 __all__ = ["connect"]
 
-_BANNER_LINE_MAX = 8192  # OpenSSH's SSH_MAX_BANNER_LEN: refuse longer pre-banner lines
 _CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like this
-_MAX_STARTUPS_REFUSAL = b"Exceeded MaxStartups"  # what OpenSSH writes before hanging up
+
+
+class _ClosedBeforeBanner(Exception):
+    """The server hung up before its banner: worth another connection."""
 
 
 class UnknownKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -74,8 +83,13 @@ class UnknownKeyPolicy(paramiko.MissingHostKeyPolicy):
             ) from None
 
 
-def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHClient:
-    """TCP + banner + key exchange + host key + auth, all under one wall-clock deadline."""
+def connect(host: Host, context: WorkerContext, begin: float,
+            turn: Turn | None = None) -> paramiko.SSHClient:
+    """TCP + banner + key exchange + host key + auth, all under one wall-clock deadline.
+
+    `turn` is the host's handshake slot: given back once the server's banner came
+    (the rest of the handshake only waits on the network), and while pausing
+    between retries."""
     timeout = host.connect_timeout
     assert timeout is not None  # noqa: S101 - resolve() fills it
     deadline = begin + timeout
@@ -83,62 +97,58 @@ def connect(host: Host, context: WorkerContext, begin: float) -> paramiko.SSHCli
         keys = [context.configured_key(host, p) for p in host.key_files]
     except ConfigError as error:
         raise Failure(Status.ERROR, str(error)) from None
-    sock: socket.socket | paramiko.Channel
-    if host.via:  # through the bastions' shared connections; their own deadlines apply
-        sock, ready = context.bastions.channel(host, timeout)
-        deadline = ready + timeout
-    else:
-        sock = _open_with_banner(host, deadline, timeout, context.options.retries)
-    alarm = context.watchdog.arm(deadline, sock)
-    client = paramiko.SSHClient()
-    try:
-        _handshake(client, sock, host, context, alarm, timeout, keys)
-    except BaseException:
-        close_client(client)
-        sock.close()
-        raise
-    finally:
-        alarm.cancel()
-    return client
-
-
-def _open_with_banner(host: Host, deadline: float, timeout: float,
-                      retries: int) -> socket.socket:
-    """A socket to `host` (TCP, or a ProxyCommand's) whose server has begun its banner."""
     attempts = 0
     while True:
-        if host.proxy_command:
-            sock: socket.socket = proxy_command_socket(host.proxy_command)
+        sock: socket.socket | paramiko.Channel
+        if host.via:  # through the bastions' shared connections; their own deadlines apply
+            sock, ready = context.bastions.channel(host, timeout)
+            if not attempts:  # each hop has its own connect deadline, as in `ssh -J`
+                deadline = ready + timeout
+        elif host.proxy_command:
+            sock = proxy_command_socket(host.proxy_command)
         else:
-            sock = _open_socket_retrying(host, deadline, timeout, retries)
+            sock = _open_socket_retrying(host, deadline, timeout, context.options.retries,
+                                         turn)
+        alarm = context.watchdog.arm(deadline, sock)
+        client = paramiko.SSHClient()
         try:
-            if _banner_arrives(sock, host, deadline, timeout):
-                return sock
-        except Failure as failure:
-            _explain_proxy(failure, sock)
+            _handshake(client, sock, host, context, alarm, timeout, keys, turn)
+            return client
+        except BaseException as error:
+            ended = Failure(Status.CONNECTION_LOST, "")
+            if isinstance(error, _ClosedBeforeBanner):
+                _explain_proxy(ended, sock)
+            close_client(client)
             sock.close()
-            raise
-        closed = Failure(Status.CONNECTION_LOST, "")
-        _explain_proxy(closed, sock)
-        sock.close()
-        if closed.message:  # a ProxyCommand that ended: trying again would not help
-            raise closed
+            if not isinstance(error, _ClosedBeforeBanner):
+                raise
+            if ended.message:  # a ProxyCommand that exited: another try would not help
+                raise ended from None
+        finally:
+            alarm.cancel()
         attempts += 1
         # Bounded, backed-off retries for this case only: the deadline or the count ends them.
         pause = _backoff(attempts)
-        if attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline:
+        if (attempts > _CLOSED_BEFORE_BANNER_RETRIES or time.monotonic() + pause >= deadline
+                or not _pause(turn, pause, deadline)):
             raise Failure(
                 Status.CONNECTION_LOST,
                 f"server closed the connection before its SSH banner ({attempts} attempts; "
                 "sshd MaxStartups or a firewall?)",
             )
-        time.sleep(pause)
+
+
+def _pause(turn: Turn | None, seconds: float, deadline: float) -> bool:
+    """Sleep `seconds` without holding a handshake slot; False if none came back in time."""
+    if turn is None:
+        time.sleep(seconds)
+        return True
+    return turn.pause(seconds, deadline)
 
 
 def _explain_proxy(failure: Failure, sock: object) -> None:
     """Say why, when the connection was a ProxyCommand that has ended."""
     if isinstance(sock, ProxySocket):
-        time.sleep(0.05)  # it is usually exiting right now: let it, to report its status
         said = sock.explain()
         if said:
             failure.message = f"{failure.message}; {said}" if failure.message else said
@@ -150,7 +160,7 @@ def _backoff(attempt: int) -> float:
 
 
 def _open_socket_retrying(host: Host, deadline: float, timeout: float,
-                          retries: int) -> socket.socket:
+                          retries: int, turn: Turn | None = None) -> socket.socket:
     """`_open_socket`, retrying a refused or unroutable connection `retries` times, with
     backoff, inside the connect deadline. Nothing has been sent yet, so a retry is safe."""
     attempt = 0
@@ -161,11 +171,11 @@ def _open_socket_retrying(host: Host, deadline: float, timeout: float,
             attempt += 1
             retryable = failure.status is Status.UNREACHABLE and failure.retryable
             pause = _backoff(attempt)
-            if not retryable or attempt > retries or time.monotonic() + pause >= deadline:
+            if (not retryable or attempt > retries or time.monotonic() + pause >= deadline
+                    or not _pause(turn, pause, deadline)):
                 if attempt > 1:
                     failure.message += f" ({attempt} attempts)"
                 raise
-            time.sleep(pause)
 
 
 def _open_socket(host: Host, deadline: float, timeout: float) -> socket.socket:
@@ -211,39 +221,10 @@ def _create_connection(host: Host, timeout: float) -> socket.socket:
     raise error or OSError(f"no {host.address_family} address")
 
 
-def _banner_arrives(sock: socket.socket, host: Host, deadline: float, timeout: float) -> bool:
-    """Peek at the first line: False if the server hung up before its banner.
-
-    Peeking leaves the bytes for paramiko, and lets us cap a banner line the
-    way OpenSSH does (paramiko would accumulate an endless line forever).
-    """
-    while True:
-        remaining = deadline - time.monotonic()
-        poller = select.poll()  # not select.select: fds above 1023 are normal here
-        poller.register(sock, select.POLLIN)
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            raise Failure(Status.TIMEOUT, f"no SSH banner within {timeout:g}s")
-        try:
-            data = sock.recv(_BANNER_LINE_MAX, socket.MSG_PEEK)
-        except ConnectionResetError:
-            return False
-        except OSError as error:
-            raise Failure(
-                Status.CONNECTION_LOST, f"reading the SSH banner: {error.strerror}"
-            ) from None
-        if not data or data.startswith(_MAX_STARTUPS_REFUSAL):
-            return False
-        if b"\n" in data:
-            return True
-        if len(data) >= _BANNER_LINE_MAX:
-            raise Failure(Status.PROTOCOL_ERROR, f"not an SSH server: a first line over "
-                           f"{_BANNER_LINE_MAX} bytes")
-        time.sleep(0.01)  # a partial line is still in the buffer: select would not block
-
-
 def _handshake(
     client: paramiko.SSHClient, sock: socket.socket | paramiko.Channel, host: Host,
     context: WorkerContext, alarm: Alarm, timeout: float, keys: list[paramiko.PKey],
+    turn: Turn | None = None,
 ) -> None:
     options = context.options
     known = context.known_hosts(host)
@@ -268,7 +249,8 @@ def _handshake(
             host.address, port=host.port or 22, username=user, sock=sock, timeout=remaining,
             banner_timeout=remaining, auth_timeout=remaining, channel_timeout=remaining,
             allow_agent=False, look_for_keys=False, auth_strategy=auth,
-            transport_factory=FleetTransport,  # type: ignore[arg-type]
+            transport_factory=functools.partial(
+                FleetTransport, on_banner=turn.release if turn is not None else None),
         )
     except Failure:
         raise
@@ -283,10 +265,16 @@ def _handshake(
             "(possible man-in-the-middle, or the host was reinstalled)",
         ) from None
     except Exception as error:
-        if alarm.fired:
-            raise Failure(
-                Status.TIMEOUT, f"connect did not complete within {timeout:g}s"
-            ) from None
+        transport = client.get_transport()
+        fleet = transport if isinstance(transport, FleetTransport) else None
+        if alarm.fired or isinstance(error, BannerTimeout):
+            what = "no SSH banner" if fleet and not fleet.banner_received else (
+                "connect did not complete")
+            raise Failure(Status.TIMEOUT, f"{what} within {timeout:g}s") from None
+        if fleet is not None and fleet.closed_before_banner(error):
+            raise _ClosedBeforeBanner() from None
+        if isinstance(error, BannerTooLong):
+            raise Failure(Status.PROTOCOL_ERROR, str(error)) from None
         if isinstance(error, paramiko.AuthenticationException):
             raise Failure(Status.AUTH_FAILED, _auth_failed(user, auth)) from None
         if isinstance(error, paramiko.SSHException):

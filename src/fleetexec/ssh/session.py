@@ -259,13 +259,14 @@ def _run_once(
     opened: list[paramiko.SSHClient] | None = None,
 ) -> HostResult:
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
-    # (and the caller's clock, via on_start) start once this host's turn comes.
+    # (and the caller's clock, via on_start) start once this host's turn comes;
+    # connect gives the slot back as soon as the server's banner came.
     turn = Turn(context.handshakes if client is None else None, on_start)
     started, begin = time.time(), time.monotonic()
     attempt = make(started, begin)
     try:
         if client is None:
-            client = connect(host, context, begin)
+            client = connect(host, context, begin, turn)
             if opened is not None:
                 opened.append(client)
         turn.release()

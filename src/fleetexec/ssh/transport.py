@@ -7,6 +7,12 @@ a channel the server has freed (which OpenSSH answers by dropping the whole
 connection). This subclass records the signal, stays silent, sends nothing on
 a closed channel, and `close_client` shuts the socket down so the thread exits
 at once.
+
+It also sends without waiting where the protocol allows (`pipeline`): its
+KEXINIT right behind its banner, before the server's banner is read (`banner`
+reads that, capped, telling a MaxStartups drop apart); the user-auth requests
+through `PipelinedAuth`; and a session channel opened behind each of them,
+which `open_session` hands out once the server confirmed it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import contextlib
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import paramiko
 from paramiko.channel import Channel
@@ -23,9 +32,14 @@ from paramiko.common import (
     MSG_CHANNEL_FAILURE,
     MSG_CHANNEL_REQUEST,
     MSG_CHANNEL_WINDOW_ADJUST,
+    MSG_UNIMPLEMENTED,
     cMSG_GLOBAL_REQUEST,
 )
 from paramiko.message import Message
+from paramiko.ssh_exception import BadAuthenticationType, SSHException
+
+from .banner import ClosedBeforeBanner, read_ahead
+from .pipeline import EarlyChannel, PipelinedAuth, early_channel_welcome, send_channel_open
 
 __all__ = ["FleetTransport", "close_client", "hang_up"]
 
@@ -83,7 +97,12 @@ class FleetTransport(paramiko.Transport):
         MSG_CHANNEL_REQUEST: _handle_channel_request,
     }
 
-    def __init__(self, sock: socket.socket | Channel, **kwargs: object) -> None:
+    def __init__(self, sock: socket.socket | Channel, *,
+                 on_banner: Callable[[], object] | None = None,
+                 early_channel: bool | None = None, **kwargs: object) -> None:
+        """`on_banner` is called (on the transport's thread) once the server's banner came;
+        `early_channel` forces the channel opened behind the user-auth requests on or off
+        (default: by the server's banner, `early_channel_welcome`)."""
         # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
         # slot absorbs at most this much, so the bulk limit really limits.
         super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
@@ -95,6 +114,178 @@ class FleetTransport(paramiko.Transport):
         # results, so the per-packet logging calls are pure cost here.
         self.logger = _SILENT  # type: ignore[assignment]
         self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
+        self.on_banner = on_banner
+        self._banner_read = False  # _check_banner started (our banner was written)
+        self.banner_received = False
+        self._kexinit_sent = False  # sent behind our banner...
+        self._kexinit_skip = False  # ...so run()'s own first call must not send another
+        self.early_channel = early_channel
+        self._early: list[EarlyChannel] = []
+        self._handler_table[MSG_UNIMPLEMENTED] = self._parse_unimplemented  # type: ignore[attr-defined]
+
+    # -- banner and KEXINIT ------------------------------------------------------------
+    def _check_banner(self) -> None:
+        if self.server_mode:
+            super()._check_banner()  # type: ignore[misc]
+            return
+        # Our KEXINIT goes right behind our banner (run() wrote it): the server's KEXINIT
+        # waits for our banner, and nothing of ours waits for the server's banner.
+        self._banner_read = True
+        try:
+            super()._send_kex_init()  # type: ignore[misc]
+            self._kexinit_sent = self._kexinit_skip = True
+        except (EOFError, OSError):
+            pass  # the server is gone already: the read below tells how
+        read_ahead(self.packetizer, self.banner_timeout)
+        super()._check_banner()  # type: ignore[misc]  # parses what read_ahead gave back
+        self.banner_received = True
+        if not self._kexinit_sent:
+            raise EOFError()
+        if self.early_channel is None:
+            self.early_channel = early_channel_welcome(self.remote_version)
+        if self.on_banner is not None:
+            self.on_banner()
+
+    def closed_before_banner(self, error: BaseException) -> bool:
+        """Whether `error` (what the handshake failed with) means the server hung up before
+        saying anything: before its banner, or even before ours was written."""
+        return isinstance(error, ClosedBeforeBanner) or (
+            isinstance(error, EOFError | OSError) and not self._banner_read)
+
+    def _send_kex_init(self) -> None:
+        if self._kexinit_skip:  # run() asks for the first one; it went with our banner
+            self._kexinit_skip = False
+            return
+        super()._send_kex_init()  # type: ignore[misc]
+
+    # -- authentication: pipelined (see pipeline.py) -------------------------------------
+    def _pipelined_auth(self) -> PipelinedAuth:
+        if not self.active or not self.initial_kex_done:  # type: ignore[attr-defined]
+            raise SSHException("No existing session")  # paramiko's words, for our callers
+        if not isinstance(self.auth_handler, PipelinedAuth):
+            self.auth_handler = PipelinedAuth(self)
+        return self.auth_handler
+
+    def auth_none(self, username: str) -> list[str]:
+        return self._pipelined_auth().auth_none(username)
+
+    def auth_publickey(self, username: str, key: paramiko.PKey,
+                       event: Any = None) -> list[str]:
+        if event is not None or self.server_mode:
+            result: list[str] = super().auth_publickey(username, key, event)
+            return result
+        return self._pipelined_auth().auth_publickey(username, key)
+
+    def auth_password(self, username: str, password: str, event: Any = None,
+                      fallback: bool = True) -> list[str]:
+        if event is not None or self.server_mode:
+            result: list[str] = super().auth_password(username, password, event, fallback)
+            return result
+        try:
+            return self._pipelined_auth().auth_password(username, password)
+        except BadAuthenticationType as error:
+            # As paramiko: no "password", but "keyboard-interactive" with one prompt.
+            if not fallback or "keyboard-interactive" not in error.allowed_types:
+                raise
+            try:
+                return self.auth_interactive(username, _one_answer(password))
+            except SSHException:
+                raise error from None
+
+    def auth_interactive(self, username: str, handler: Callable[..., list[str]],
+                         submethods: str = "") -> list[str]:
+        return self._pipelined_auth().auth_interactive(username, handler, submethods)
+
+    # -- the session channel opened behind the user-auth request -------------------------
+    def open_early(self) -> None:
+        """Ask for a session channel now, behind the user-auth request just sent (one per
+        request: a channel asked for before a rejection is refused)."""
+        if self.early_channel and self.active:  # type: ignore[attr-defined]
+            send_channel_open(self, self._early.append)
+
+    def open_session(self, window_size: int | None = None, max_packet_size: int | None = None,
+                     timeout: float | None = None) -> Channel:
+        if window_size is None and max_packet_size is None:
+            chan = self._take_early(self.channel_timeout if timeout is None else timeout)
+            if chan is not None:
+                return chan
+        return super().open_session(window_size, max_packet_size, timeout)
+
+    def _take_early(self, timeout: float) -> Channel | None:
+        """The newest early channel once the server confirmed it; None when refused (then
+        the caller opens one as usual). Older ones were asked for before a rejection."""
+        waiting = [e for e in self._early if e.state in ("pending", "open")]
+        if not waiting:
+            return None
+        newest = waiting[-1]
+        deadline = time.monotonic() + timeout
+        while not newest.event.wait(0.1):
+            if not self.active or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                return None
+        for other in waiting[:-1]:
+            self._abandon(other)
+        if newest.state != "open":
+            return None
+        newest.state = "taken"
+        return newest.chan
+
+    def _abandon(self, early: EarlyChannel) -> None:
+        """An older early channel is not needed: closed if the server opened it (or later)."""
+        opened = early.state == "open"
+        early.state = "abandoned"
+        if opened:
+            with contextlib.suppress(Exception):
+                early.chan.close()
+
+    def _early_by(self, chanid: int | None = None, seqno: int | None = None
+                  ) -> EarlyChannel | None:
+        """The early channel still awaiting the server's answer with this channel number (they
+        are reused once refused) or packet sequence number."""
+        for early in self._early:
+            if early.state in ("pending", "abandoned") and (
+                    early.chanid == chanid or early.seqno == seqno):
+                return early
+        return None
+
+    def _parse_channel_open_success(self, m: Message) -> None:
+        start = m.packet.tell()
+        early = self._early_by(chanid=m.get_int())
+        reused = m.get_int()  # the server may give a freed channel id to a new channel
+        m.packet.seek(start)
+        with self._closing:
+            self._closed_channels.discard(reused)
+        if early is not None and early.state == "pending":
+            early.state = "open"  # before paramiko sets the event _take_early waits on
+        super()._parse_channel_open_success(m)  # type: ignore[misc]
+        if early is not None:
+            early.event.set()
+            if early.state == "abandoned":  # asked for before a rejection, opened anyway
+                with contextlib.suppress(Exception):
+                    early.chan.close()
+
+    def _parse_channel_open_failure(self, m: Message) -> None:
+        start = m.packet.tell()
+        early = self._early_by(chanid=m.get_int())
+        if early is None:
+            m.packet.seek(start)
+            super()._parse_channel_open_failure(m)  # type: ignore[misc]
+            return
+        self._refuse(early)  # an early one: no saved_exception, the caller opens anew
+
+    def _parse_unimplemented(self, m: Message) -> None:
+        # OpenSSH's answer to a channel opened before the authentication succeeded.
+        early = self._early_by(seqno=m.get_int())
+        if early is not None:
+            self._refuse(early)
+
+    def _refuse(self, early: EarlyChannel) -> None:
+        with self.lock:
+            self._channels.delete(early.chanid)  # type: ignore[attr-defined]
+            event = self.channel_events.pop(early.chanid, None)
+        early.state = "refused"
+        early.event.set()
+        if event is not None:
+            event.set()
 
     def _send_message(self, data: Message) -> None:
         # paramiko checks that a channel is open, lets go of its lock, then sends: another
@@ -117,15 +308,6 @@ class FleetTransport(paramiko.Transport):
             if kind == MSG_CHANNEL_CLOSE:
                 self._closed_channels.add(channel)
             super()._send_message(data)  # type: ignore[misc]
-
-    def _parse_channel_open_success(self, m: Message) -> None:
-        start = m.packet.tell()
-        m.get_int()
-        reused = m.get_int()  # the server may give a freed channel id to a new channel
-        m.packet.seek(start)
-        with self._closing:
-            self._closed_channels.discard(reused)
-        super()._parse_channel_open_success(m)  # type: ignore[misc]
 
     def _parse_debug(self, m: Message) -> None:
         pass  # server debug messages: paramiko formats them byte by byte only to log them
@@ -158,6 +340,15 @@ class FleetTransport(paramiko.Transport):
     def _parse_request_failure(self, m: Message) -> None:
         self._alive_unanswered = 0  # "request failed" is an answer too
         super()._parse_request_failure(m)  # type: ignore[misc]
+
+
+def _one_answer(answer: str) -> Callable[..., list[str]]:
+    def handler(title: str, instructions: str, fields: list[tuple[str, bool]]) -> list[str]:
+        if len(fields) > 1:
+            raise SSHException("Fallback authentication failed.")
+        return [answer] if fields else []
+
+    return handler
 
 
 def close_client(client: paramiko.SSHClient) -> None:

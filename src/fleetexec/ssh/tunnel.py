@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Bastions", "ProxySocket", "proxy_command_socket"]
 
 _STDERR_SHOWN = 200  # characters of a failed ProxyCommand's last stderr line in the error
+_EXIT_WAIT = 0.5  # seconds a ProxyCommand gets to exit by itself once its connection closed
 
 
 class _Hop:
@@ -133,32 +134,42 @@ def _named(host: Host) -> str:
 class ProxySocket(socket.socket):
     """Our end of a socket pair whose other end is a ProxyCommand's stdin and stdout.
 
-    Closing it ends the command (by its pid): OpenSSH leaves it to the command,
-    but one that never exits would outlive the host's deadline here.
+    Closing it ends the command: it gets a moment to exit on the end of its input,
+    then is killed (by its pid). OpenSSH leaves that to the command, but one that
+    never exits would outlive the host's deadline here.
     """
 
-    __slots__ = ("command", "process", "stderr")
-    command: str
+    __slots__ = ("ended", "process", "stderr")
+    ended: str  # set on close: how the command ended by itself, or "" (killed, or running)
     process: subprocess.Popen[bytes]
     stderr: IO[bytes]
 
     def close(self) -> None:
         super().close()
         process = getattr(self, "process", None)
-        if process is not None and process.poll() is None:
+        if process is None or getattr(self, "ended", None) is not None:
+            return
+        try:
+            self.ended = self._ended(process.wait(_EXIT_WAIT))
+        except subprocess.TimeoutExpired:
+            self.ended = ""
             process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=1)
-        stderr = getattr(self, "stderr", None)
-        if stderr is not None:
-            stderr.close()
+        self.stderr.close()
 
-    def explain(self) -> str:
+    def explain(self, wait: float = _EXIT_WAIT) -> str:
         """Why the connection ended, as far as the command tells: its exit status and the
-        last line it wrote on stderr (sanitised and shortened)."""
-        code = self.process.poll()
-        if code is None:
+        last line it wrote on stderr (sanitised and shortened); "" if it is still running
+        after `wait` seconds, or was killed by us."""
+        if getattr(self, "ended", None) is not None:
+            return self.ended
+        try:
+            return self._ended(self.process.wait(wait))
+        except subprocess.TimeoutExpired:
             return ""
+
+    def _ended(self, code: int) -> str:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         said = sanitize(lines[-1], single_line=True)[:_STDERR_SHOWN] if lines else ""
@@ -182,5 +193,5 @@ def proxy_command_socket(command: str) -> ProxySocket:
     finally:
         theirs.close()
     sock = ProxySocket(fileno=ours.detach())
-    sock.command, sock.process, sock.stderr = command, process, stderr
+    sock.process, sock.stderr = process, stderr
     return sock
