@@ -15,6 +15,8 @@ import contextlib
 import logging
 import socket
 import threading
+import time
+from collections.abc import Sequence
 
 import paramiko
 from paramiko.channel import Channel
@@ -26,6 +28,7 @@ from paramiko.common import (
     cMSG_GLOBAL_REQUEST,
 )
 from paramiko.message import Message
+from paramiko.packet import Packetizer
 
 __all__ = ["FleetTransport", "close_client", "hang_up"]
 
@@ -67,6 +70,33 @@ class _Silent:
 _SILENT = _Silent()
 
 
+class _Packetizer(Packetizer):
+    """paramiko's Packetizer without the thread it starts per connection.
+
+    paramiko times the key exchange (`handshake_timeout`, 15 s) with a
+    `threading.Timer`: a thread per connection that only sets a flag, which
+    `read_all` polls before each read; after the handshake the timer is
+    cancelled again after every message. A deadline read at the same points
+    decides the same way without the thread (one of three per host).
+    """
+
+    _handshake_deadline: float | None = None
+    _handshake_done = False
+
+    def start_handshake(self, timeout: float) -> None:
+        if self._handshake_deadline is None:
+            self._handshake_deadline = time.monotonic() + float(timeout)
+
+    def handshake_timed_out(self) -> bool:
+        deadline = self._handshake_deadline
+        return (deadline is not None and not self._handshake_done
+                and time.monotonic() >= deadline)
+
+    def complete_handshake(self) -> None:
+        if self._handshake_deadline is not None:
+            self._handshake_done = True
+
+
 class FleetTransport(paramiko.Transport):
     """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
 
@@ -86,7 +116,8 @@ class FleetTransport(paramiko.Transport):
     def __init__(self, sock: socket.socket | Channel, **kwargs: object) -> None:
         # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
         # slot absorbs at most this much, so the bulk limit really limits.
-        super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
+        super().__init__(sock, default_window_size=_WINDOW, packetizer_class=_Packetizer,
+                         **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
         self._closed_channels: set[int] = set()  # server channel ids we have sent a close for
         self._closing = threading.Lock()
@@ -95,6 +126,44 @@ class FleetTransport(paramiko.Transport):
         # results, so the per-packet logging calls are pure cost here.
         self.logger = _SILENT  # type: ignore[assignment]
         self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
+
+    # paramiko filters each list against `disabled_algorithms` on every read (16 reads
+    # and ~100 generator steps per connection); fleetexec disables none, so the
+    # lists are returned as they are. (preferred_keys also lists the -cert variants.)
+    def _offered(self, kind: str) -> Sequence[str]:
+        if self.disabled_algorithms:
+            filtered: Sequence[str] = self._filter_algorithm(kind)  # type: ignore[attr-defined]
+            return filtered
+        offered: Sequence[str] = getattr(self, "_preferred_" + kind)
+        return offered
+
+    @property
+    def preferred_kex(self) -> Sequence[str]:
+        return self._offered("kex")
+
+    @property
+    def preferred_keys(self) -> Sequence[str]:
+        keys = tuple(self._offered("keys"))
+        return keys + tuple([f"{key}-cert-v01@openssh.com" for key in keys])
+
+    @property
+    def preferred_ciphers(self) -> Sequence[str]:
+        return self._offered("ciphers")
+
+    @property
+    def preferred_macs(self) -> Sequence[str]:
+        return self._offered("macs")
+
+    @property
+    def preferred_compression(self) -> Sequence[str]:
+        return self._offered("compression")
+
+    @property
+    def preferred_pubkeys(self) -> Sequence[str]:
+        return self._offered("pubkeys")
+
+    def _log(self, level: int, msg: object, *args: object) -> None:
+        pass  # self.logger is silent anyway: this skips the call into it (~35 per host)
 
     def _send_user_message(self, data: Message) -> None:
         # paramiko checks that a channel is open, lets go of its lock, then sends: another
