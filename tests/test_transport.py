@@ -43,7 +43,17 @@ def test_nothing_weak_is_offered(pair: tuple[socket.socket, socket.socket]) -> N
     assert not [k for k in transport.preferred_kex if "sha1" in k or k.endswith("group1")]
     assert not [c for c in transport.preferred_ciphers if "cbc" in c or "3des" in c]
     assert "ssh-rsa" not in transport.preferred_keys  # SHA-1 signatures
+    assert not [m for m in transport.preferred_macs if "md5" in m or "sha1" in m]
     assert transport.preferred_ciphers[0] == "aes128-gcm@openssh.com"
+    assert transport.preferred_macs[0] == "hmac-sha2-256-etm@openssh.com"
+    # The post-quantum hybrid stays first; among the classical exchanges P-256 (cheapest for
+    # OpenSSH's end, see FleetTransport) comes before curve25519; of the finite-field
+    # groups, group14-sha256 first. Every exchange paramiko has is still offered.
+    assert transport.preferred_kex[:3] == (
+        "mlkem768x25519-sha256", "ecdh-sha2-nistp256", "curve25519-sha256@libssh.org")
+    dh = [k for k in transport.preferred_kex if k.startswith("diffie-hellman")]
+    assert dh[0] == "diffie-hellman-group14-sha256"
+    assert sorted(transport.preferred_kex) == sorted(paramiko.Transport._preferred_kex)
 
 
 @pytest.mark.parametrize("disabled", [None, {
