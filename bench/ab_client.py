@@ -39,10 +39,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, type=Path, help="the 'before' tree's src dir")
+    parser.add_argument("--after", type=Path, default=TREE,
+                        help="the 'after' tree's src dir (default: this tree's)")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--n", type=int, default=200)
     args = parser.parse_args()
-    trees = {"before": args.base.resolve(), "after": TREE}
+    trees = {"before": args.base.resolve(), "after": args.after.resolve()}
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     print("| pair | variant | client CPU ms/host | user | sys | vol. cs/host | sshd ms/conn "
           "| load |")
