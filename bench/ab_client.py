@@ -2,6 +2,7 @@
 
     git archive HEAD~1 | tar -x -C /tmp/base     # the "before" tree
     python bench/ab_client.py --base /tmp/base/src --pairs 8 --n 200
+    python bench/ab_client.py --base src --after-args '--switch-interval 0.05'   # an option
 
 Each pair runs `profile_client.py --no-profile --runs 1` once with the base tree's `src`
 first on PYTHONPATH and once with this tree's (order alternating from pair to pair, so a
@@ -25,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 TREE = HERE.parent / "src"
 
 
-def one(src: Path, n: int) -> dict[str, float]:
+def one(src: Path, n: int, extra: list[str]) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "PYTHONPATH": str(src)}
         subprocess.run([sys.executable, str(HERE / "profile_client.py"), "--n", str(n), "--runs",
-                        "1", "--no-profile", "--json", out.name], check=True, env=env,
+                        "1", "--no-profile", "--json", out.name, *extra], check=True, env=env,
                        stdout=subprocess.DEVNULL, cwd=HERE)
         run: dict[str, float] = json.loads(Path(out.name).read_text())[0]
         return run
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--base", required=True, type=Path, help="the 'before' tree's src dir")
     parser.add_argument("--after", type=Path, default=TREE,
                         help="the 'after' tree's src dir (default: this tree's)")
+    parser.add_argument("--before-args", default="", help="more profile_client.py arguments")
+    parser.add_argument("--after-args", default="", help="more profile_client.py arguments")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--n", type=int, default=200)
     args = parser.parse_args()
@@ -52,7 +55,8 @@ def main() -> None:
     for pair in range(args.pairs):
         order = ["before", "after"] if pair % 2 == 0 else ["after", "before"]
         for variant in order:
-            r = one(trees[variant], args.n)
+            extra = (args.before_args if variant == "before" else args.after_args).split()
+            r = one(trees[variant], args.n, extra)
             runs[variant].append(r)
             print(f"| {pair + 1} | {variant} | {r['client_ms']:.2f} | {r['user_ms']:.2f} | "
                   f"{r['sys_ms']:.2f} | {r['voluntary_cs']:.0f} | {r['sshd_ms']:.2f} | "

@@ -38,45 +38,87 @@ import fleetexec
 from fleetexec.backends.inprocess import InProcessBackend
 from fleetexec.testing.sshd import OpenSSHServer, addresses
 
-# (category, test on "file:line(function)") in order: the first that matches wins.
-CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("kex math (X25519, exchange hash, key derivation)", (
-        "kex_", "x25519", "X25519", "_compute_key", "_set_K_H", "exchange", "add_mpint",
-        "deflate_long", "inflate_long", "_activate_inbound", "_activate_outbound",
-        "_get_cipher", "_get_engine", "_parse_newkeys", "_send_kex_init", "_parse_kex_init",
-        "built-in method _hashlib", "of '_hashlib", "_negotiate_keys", "sha256", "sha512",
-        "urandom", "from_public_bytes", "public_bytes", "generate")),
-    ("signatures (host key verify, auth sign)", (
-        "pkey.py", "ed25519key.py", "ecdsakey.py", "rsakey.py", "_verify_key", "verify",
-        "sign", "from_type_string", "load_public", "_ED25519", "ed25519")),
-    ("packet layer (Packetizer, Message, cipher, MAC)", (
-        "packet.py", "message.py", "encryptor", "decryptor", "update", "finalize",
-        "AESGCM", "aead", "_send_message", "_send_user_message", "hmac", "compute_hmac",
-        "_read_all", "_write_all", "read_message", "send_message", "'recv'", "'send'",
-        "'sendall'", "_check_keepalive", "_py_inflate", "util.py", "common.py", "byte_",
-        "ciphers", "'select'", "'poll'")),
-    ("auth (auth_handler, auth strategy, FleetAuth)", (
-        "auth_handler.py", "auth_strategy.py", "credentials.py")),
-    ("channel / exec / drain", (
-        "channel.py", "buffered_pipe.py", "command.py", "sudo.py")),
-    ("transport machinery (run loop, handlers, start/close)", (
-        "paramiko/transport.py", "paramiko/client.py", "fleetexec/ssh/transport.py",
-        "_check_banner", "file.py")),
-    ("fleetexec per host (connect, session, known_hosts, results, pacing)", (
-        "fleetexec/", "hostkeys.py")),
-    ("threads (start, locks, events, queues)", (
-        "threading.py", "queue.py", "'acquire'", "'release'", "_thread", "'wait'", "lock")),
-    ("socket set-up", ("socket.py", "'connect'", "_socket", "getaddrinfo")),
-    ("logging", ("logging/",)),
+# Anchors: a function whose (file, name) matches is charged to the category; any other
+# function's own time goes to the category of its callers (by the time each caller spent in
+# it, up the call graph), so Message building inside the key exchange counts as kex, inside
+# auth as auth. First match wins.
+Key = tuple[str, int, str]
+ANCHORS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("thread switching: lock waits, GIL hand-offs", [
+        ("~", "acquire' of '_thread.lock"), ("~", "acquire' of '_thread.RLock"),
+        ("~", "get' of '_queue.SimpleQueue")]),
+    ("socket syscalls (recv/send/poll, kernel TCP)", [
+        ("~", "'recv' of '_socket"), ("~", "'send' of '_socket"), ("~", "'sendall' of"),
+        ("~", "'poll' of 'select"), ("~", "'shutdown' of '_socket"), ("~", "'connect' of"),
+        ("~", "getaddrinfo"), ("~", "'settimeout' of"), ("~", "'setsockopt' of")]),
+    ("thread start-up", [("threading.py", "start"), ("~", "start_new_thread")]),
+    ("signatures: host key verify, auth signature", [
+        ("transport.py", "_verify_key"), ("pkey.py", "from_type_string"),
+        ("ed25519key.py", ""), ("ecdsakey.py", ""), ("rsakey.py", ""), ("pkey.py", "sign"),
+        ("auth_handler.py", "_get_session_blob")]),
+    ("kex: key agreement, exchange hash, key derivation, negotiation", [
+        ("kex_", ""), ("transport.py", "_compute_key"), ("transport.py", "_activate_"),
+        ("transport.py", "_send_kex_init"), ("transport.py", "_parse_kex_init"),
+        ("transport.py", "_negotiate_keys"), ("transport.py", "_parse_newkeys"),
+        ("transport.py", "_set_K_H"), ("transport.py", "_get_engine"),
+        ("transport.py", "_get_cipher")]),
+    ("packet layer: Packetizer, cipher, framing", [("packet.py", "")]),
+    ("auth: paramiko auth handler, FleetAuth", [
+        ("auth_handler.py", ""), ("auth_strategy.py", ""), ("credentials.py", "")]),
+    ("channel, exec, drain", [
+        ("channel.py", ""), ("buffered_pipe.py", ""), ("fleetexec/ssh/command.py", ""),
+        ("transport.py", "open_session"), ("transport.py", "open_channel"),
+        ("transport.py", "_parse_channel_"), ("fleetexec/ssh/transport.py", "_handle_channel")]),
+    ("fleetexec: connect, session, known_hosts, results, API, watchdog", [
+        ("fleetexec/", "")]),
+    ("paramiko transport/client: thread loop, start, close, host keys", [
+        ("paramiko/transport.py", ""), ("paramiko/client.py", ""), ("paramiko/hostkeys.py", "")]),
 ]
+OTHER = "other (interpreter, profiler roots)"
 
 
-def category(key: tuple[str, int, str]) -> str:
-    text = f"{key[0]}:{key[1]}({key[2]})"
-    for name, needles in CATEGORIES:
-        if any(n in text for n in needles):
-            return name
-    return "other (builtins, dataclasses, GC, ...)"
+def anchor(key: Key) -> str | None:
+    """The category `key` is charged to by itself, or None (then: its callers')."""
+    path, _line, name = key
+    for category, tests in ANCHORS:
+        for where, what in tests:
+            if (where == "~" and path == "~" and what in name) or (
+                    where != "~" and where in path and what in name):
+                return category
+    return None
+
+
+def attribute(stats: pstats.Stats) -> dict[str, list[float]]:
+    """Own time and calls per category, own time charged to anchors up the call graph."""
+    table: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    entries = stats.stats  # type: ignore[attr-defined]
+    memo: dict[Key, dict[str, float]] = {}
+
+    def shares(key: Key, seen: frozenset[Key]) -> dict[str, float]:
+        """How `key`'s time divides among categories (fractions summing to 1)."""
+        if key in memo:
+            return memo[key]
+        own = anchor(key)
+        if own is not None:
+            return {own: 1.0}
+        callers = entries.get(key, (0, 0, 0, 0, {}))[4]
+        weights = {c: edge[3] for c, edge in callers.items() if c not in seen}
+        total = sum(weights.values())
+        if not total:
+            return {OTHER: 1.0}
+        found: dict[str, float] = defaultdict(float)
+        for caller, weight in weights.items():
+            for category, fraction in shares(caller, seen | {key}).items():
+                found[category] += fraction * weight / total
+        if not seen:
+            memo[key] = dict(found)
+        return found
+
+    for key, (_cc, calls, tottime, _ct, _callers) in entries.items():
+        for category, fraction in shares(key, frozenset()).items():
+            table[category][0] += tottime * fraction
+            table[category][1] += calls * fraction
+    return table
 
 
 class ThreadProfiles:
@@ -150,12 +192,9 @@ def measured(hosts: list[fleetexec.Host], sshd_pid: int) -> dict[str, float]:
 
 def split(stats: pstats.Stats, n: int) -> tuple[dict[str, list[float]], float, float, float]:
     """Per category: [own seconds, calls]; plus total own time, Python calls, C calls."""
-    table: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    table = attribute(stats)
     total = python_calls = c_calls = 0.0
     for key, (_cc, calls, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        cat = category(key)
-        table[cat][0] += tottime
-        table[cat][1] += calls
         total += tottime
         if key[0] == "~":  # built-in (C) functions
             c_calls += calls
@@ -174,7 +213,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, help="sessions in flight (default: fleetexec's)")
     parser.add_argument("--no-profile", action="store_true", help="the unprofiled runs only")
     parser.add_argument("--json", metavar="FILE", help="write the unprofiled runs as JSON")
+    parser.add_argument("--switch-interval", type=float,
+                        help="sys.setswitchinterval (the GIL's; Python's default 0.005 s)")
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     if args.parallel:
         PARALLEL["parallel"] = args.parallel
     with OpenSSHServer(max_startups="4000:30:8000") as sshd, \
@@ -222,7 +265,7 @@ def main() -> None:
     for key, (_cc, calls, tottime, cumtime, _callers) in rows[:args.top]:
         name = f"{os.path.basename(key[0])}:{key[1]}({key[2]})" if key[0] != "~" else key[2]
         print(f"| `{name}` | {calls / n:.1f} | {tottime / n * 1e6:.0f} | {cumtime / n * 1e6:.0f}"
-              f" | {category(key).split(' (')[0]} |")
+              f" | {(anchor(key) or '-').split(':')[0].split(' (')[0]} |")
     print("\nmost called (per host):\n")
     print("| function | calls/host | own µs/host |")
     print("|---|---|---|")
