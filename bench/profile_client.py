@@ -24,7 +24,9 @@ import json
 import os
 import pstats
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,6 +77,7 @@ ANCHORS: list[tuple[str, list[tuple[str, str]]]] = [
         ("paramiko/transport.py", ""), ("paramiko/client.py", ""), ("paramiko/hostkeys.py", "")]),
 ]
 OTHER = "other (interpreter, profiler roots)"
+BLOCKING = {ANCHORS[0][0], ANCHORS[1][0]}  # lock waits, socket syscalls
 
 
 def anchor(key: Key) -> str | None:
@@ -213,6 +216,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, help="sessions in flight (default: fleetexec's)")
     parser.add_argument("--no-profile", action="store_true", help="the unprofiled runs only")
     parser.add_argument("--json", metavar="FILE", help="write the unprofiled runs as JSON")
+    parser.add_argument("--perf", metavar="FILE",
+                        help="`perf record` this process during the unprofiled runs into FILE")
     parser.add_argument("--switch-interval", type=float,
                         help="sys.setswitchinterval (the GIL's; Python's default 0.005 s)")
     args = parser.parse_args()
@@ -226,7 +231,15 @@ def main() -> None:
         inventory = sshd.write_inventory(Path(tmp) / "inv.yaml", addresses(args.n))
         hosts = list(fleetexec.load_inventory(inventory).select())
         run(hosts[:4])  # warm-up: imports, page cache
+        perf = None
+        if args.perf:  # sampled by the kernel: no per-call bias, C and kernel code included
+            perf = subprocess.Popen(["perf", "record", "-F", "1999", "-o", args.perf, "-p",
+                                     str(os.getpid())], stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # perf attaches to every thread that exists and every new one
         plain = [measured(hosts, sshd.pid) for _ in range(args.runs)]
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         client = statistics.median(r["client_ms"] for r in plain)
         print(f"unprofiled, {len(plain)} runs, N={args.n}, parallel "
               f"{args.parallel or 'default'}: median client CPU {client:.2f} ms/host")
@@ -252,11 +265,20 @@ def main() -> None:
     table, total, py_calls, c_calls = split(stats, n)
     print(f"profiled: {py_calls:.0f} Python function calls/host, {c_calls:.0f} C function "
           f"calls/host; own time {total / n * 1000:.2f} ms/host under cProfile")
-    print("\n| category | profiled ms/host | share | scaled to unprofiled ms/host | calls/host |")
-    print("|---|---|---|---|---|")
+    # The blocking categories (lock waits, socket calls) are not scaled: under cProfile a
+    # thread's clock also advances while it waits in them (an idle watchdog thread showed
+    # 2 ms/host there, 0 in /proc unprofiled), so the kernel's user/sys split stands for
+    # them; the Python-level categories share the unprofiled *user* time.
+    user = statistics.median(r["user_ms"] for r in plain)
+    python_level = sum(sec for cat, (sec, _c) in table.items() if cat not in BLOCKING)
+    print("\n| category | profiled ms/host | share of profiled | share of user CPU | "
+          f"≈ ms/host of the unprofiled user {user:.2f} | calls/host |")
+    print("|---|---|---|---|---|---|")
     for cat, (seconds, calls) in sorted(table.items(), key=lambda item: -item[1][0]):
         share = seconds / total
-        print(f"| {cat} | {seconds / n * 1000:.3f} | {share:.1%} | {share * client:.2f} | "
+        level = "" if cat in BLOCKING else f"{seconds / python_level:.1%}"
+        scaled = "(sys time)" if cat in BLOCKING else f"{seconds / python_level * user:.2f}"
+        print(f"| {cat} | {seconds / n * 1000:.3f} | {share:.1%} | {level} | {scaled} | "
               f"{calls / n:.0f} |")
     print(f"\ntop {args.top} functions by own time (per host):\n")
     print("| function | calls/host | own µs/host | cumulative µs/host | category |")
