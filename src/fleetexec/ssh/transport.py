@@ -123,8 +123,8 @@ class FleetTransport(paramiko.Transport):
       (OpenSSH >= 9.9) gets protection against recorded traffic being decrypted later,
       which is worth more than a millisecond (OpenSSH 9.2 here does not offer it, so it
       is unmeasured). Finite-field DH is only a fallback and costs paramiko pow() in
-      Python: group14-sha256 (2048-bit, 112-bit security, RFC 9142's "MUST") 27 ms,
-      group-exchange 49 ms, group16 88 ms, so group14 comes first of them.
+      Python: group14-sha256 (2048-bit, 112-bit security, RFC 9142's "MUST") 26-27 ms,
+      group-exchange 47-49 ms, group16 80-88 ms (two runs), so group14 comes first of them.
     - Ciphers: aes128-gcm is as cheap as anything here (AES-CTR with an EtM MAC costs
       the same within the noise on both ends) and needs no separate MAC.
     - MACs (used with CTR only): the encrypt-then-MAC SHA-2 ones first; nothing weaker
