@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import socket
 import subprocess
@@ -21,20 +20,15 @@ HOST = read_hosts(ARGS.hosts)[0]
 
 
 def _paramiko(transport_class: type) -> str:
-    """Negotiated algorithms, from paramiko's own debug log of the key exchange."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("paramiko.transport")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    """Negotiated algorithms, from the transport's kex engine and cipher (fleetexec's
+    transport does not log)."""
     with socket.create_connection((HOST, ARGS.port), timeout=30) as sock:
         transport = transport_class(sock)
         transport.start_client(timeout=30)
+        names = {cls: name for name, cls in transport._kex_info.items()}
+        kex = names.get(type(transport.kex_engine), "?")
         cipher = transport.local_cipher
         transport.close()
-    logger.removeHandler(handler)
-    kex = next((m.split(":", 1)[1].strip() for m in lines if m.startswith("Kex:")), "?")
     return f"{kex} / {cipher}"
 
 

@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paramiko
@@ -36,6 +36,7 @@ from paramiko.common import (
     cMSG_GLOBAL_REQUEST,
 )
 from paramiko.message import Message
+from paramiko.packet import Packetizer
 from paramiko.ssh_exception import BadAuthenticationType, SSHException
 
 from .banner import ClosedBeforeBanner, read_ahead
@@ -81,16 +82,86 @@ class _Silent:
 _SILENT = _Silent()
 
 
+class _Packetizer(Packetizer):
+    """paramiko's Packetizer without the thread it starts per connection.
+
+    paramiko times the key exchange (`handshake_timeout`, 15 s) with a
+    `threading.Timer`: a thread per connection that only sets a flag, which
+    `read_all` polls before each read; after the handshake the timer is
+    cancelled again after every message. A deadline read at the same points
+    decides the same way without the thread (one of three per host).
+    """
+
+    _handshake_deadline: float | None = None
+    _handshake_done = False
+
+    def start_handshake(self, timeout: float) -> None:
+        if self._handshake_deadline is None:
+            self._handshake_deadline = time.monotonic() + float(timeout)
+
+    def handshake_timed_out(self) -> bool:
+        deadline = self._handshake_deadline
+        return (deadline is not None and not self._handshake_done
+                and time.monotonic() >= deadline)
+
+    def complete_handshake(self) -> None:
+        if self._handshake_deadline is not None:
+            self._handshake_done = True
+
+
+def _kex_order(available: Sequence[str]) -> tuple[str, ...]:
+    """paramiko's key exchanges (those its cryptography supports), cheapest secure first."""
+    first = ("mlkem768x25519-sha256", "ecdh-sha2-nistp256", "curve25519-sha256@libssh.org",
+             "ecdh-sha2-nistp384", "ecdh-sha2-nistp521", "diffie-hellman-group14-sha256")
+    return (*(k for k in first if k in available), *(k for k in available if k not in first))
+
+
 class FleetTransport(paramiko.Transport):
-    """A Transport that records exit signals and prefers AES-GCM (cheapest here)."""
+    """A Transport that records exit signals and offers the cheapest secure algorithms first.
+
+    Measured with `bench/algorithms.py` against OpenSSH 9.2 (N=200, `true`, medians of
+    3-8 repeats, CPU ms per connection, sshd / this client; the results file is
+    bench/results/2026-11-30-algorithms.md):
+
+    - Key exchange: ecdh-sha2-nistp256 costs the sshd ~1.9 ms less per connection
+      than curve25519 (17.4 against 19.3 over 8 repeats; the ranges do not overlap),
+      because OpenSSH computes X25519 with its own portable reference C code and P-256
+      with OpenSSL's assembly (perf: the difference is all in sshd's own code); OpenSSH's
+      `ssh` client pays the same (8.6 against 10.3 ms). For paramiko both are OpenSSL:
+      0.07 against 0.06 ms, lost in the noise of the ~4.5 ms per host. So P-256 comes
+      before curve25519: both are 128-bit ECDH, both are in OpenSSH's default list and
+      RFC 9142's "SHOULD"s; a server configured without NIST curves still gets curve25519.
+      The post-quantum hybrid mlkem768x25519 stays first: a server that offers it
+      (OpenSSH >= 9.9) gets protection against recorded traffic being decrypted later,
+      which is worth more than a millisecond (OpenSSH 9.2 here does not offer it, so it
+      is unmeasured). Finite-field DH is only a fallback and costs paramiko pow() in
+      Python: group14-sha256 (2048-bit, 112-bit security, RFC 9142's "MUST") 26-27 ms,
+      group-exchange 47-49 ms, group16 80-88 ms (two runs), so group14 comes first of them.
+    - Ciphers: aes128-gcm is as cheap as anything here (AES-CTR with an EtM MAC costs
+      the same within the noise on both ends) and needs no separate MAC.
+    - MACs (used with CTR only): the encrypt-then-MAC SHA-2 ones first; nothing weaker
+      than SHA-2 is offered (paramiko also lists hmac-sha1, hmac-md5 and truncated ones).
+    - Host keys: SSHClient asks first for the key type known_hosts holds for the host,
+      so known_hosts decides. ed25519 and ecdsa-p256 cost the same; an rsa-3072 host key
+      costs the sshd ~2.1 ms more per connection (RSA signing).
+
+    No SHA-1 key exchange, no CBC cipher and no ssh-rsa (SHA-1) host key signature is
+    offered; paramiko's strict-kex (Terrapin) marker is added to the key exchange list by
+    paramiko itself and is unchanged.
+    """
 
     # The transport thread polls its socket this often to notice a local close;
     # paramiko's 0.1 s wakes every idle connection ten times a second. Our
     # closes shut the socket down first, which wakes the thread at once.
     _active_check_timeout = 1.0
+    _preferred_kex = _kex_order(paramiko.Transport._preferred_kex)  # type: ignore[attr-defined]
     _preferred_ciphers = (
         "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
         "aes128-ctr", "aes192-ctr", "aes256-ctr",
+    )
+    _preferred_macs = (
+        "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
+        "hmac-sha2-256", "hmac-sha2-512",
     )
     _channel_handler_table = {
         **paramiko.Transport._channel_handler_table,  # type: ignore[attr-defined]
@@ -105,7 +176,8 @@ class FleetTransport(paramiko.Transport):
         (default: by the server's banner, `early_channel_welcome`)."""
         # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
         # slot absorbs at most this much, so the bulk limit really limits.
-        super().__init__(sock, default_window_size=_WINDOW, **kwargs)  # type: ignore[arg-type]
+        super().__init__(sock, default_window_size=_WINDOW, packetizer_class=_Packetizer,
+                         **kwargs)  # type: ignore[arg-type]
         self.exit_signals: dict[int, str] = {}
         self._closed_channels: set[int] = set()  # server channel ids we have sent a close for
         self._closing = threading.Lock()
@@ -287,6 +359,44 @@ class FleetTransport(paramiko.Transport):
         if event is not None:
             event.set()
 
+    # paramiko filters each list against `disabled_algorithms` on every read (16 reads
+    # and ~100 generator steps per connection); fleetexec disables none, so the
+    # lists are returned as they are. (preferred_keys also lists the -cert variants.)
+    def _offered(self, kind: str) -> Sequence[str]:
+        if self.disabled_algorithms:
+            filtered: Sequence[str] = self._filter_algorithm(kind)  # type: ignore[attr-defined]
+            return filtered
+        offered: Sequence[str] = getattr(self, "_preferred_" + kind)
+        return offered
+
+    @property
+    def preferred_kex(self) -> Sequence[str]:
+        return self._offered("kex")
+
+    @property
+    def preferred_keys(self) -> Sequence[str]:
+        keys = tuple(self._offered("keys"))
+        return keys + tuple([f"{key}-cert-v01@openssh.com" for key in keys])
+
+    @property
+    def preferred_ciphers(self) -> Sequence[str]:
+        return self._offered("ciphers")
+
+    @property
+    def preferred_macs(self) -> Sequence[str]:
+        return self._offered("macs")
+
+    @property
+    def preferred_compression(self) -> Sequence[str]:
+        return self._offered("compression")
+
+    @property
+    def preferred_pubkeys(self) -> Sequence[str]:
+        return self._offered("pubkeys")
+
+    def _log(self, level: int, msg: object, *args: object) -> None:
+        pass  # self.logger is silent anyway: this skips the call into it (~35 per host)
+
     def _send_message(self, data: Message) -> None:
         # paramiko checks that a channel is open, lets go of its lock, then sends: another
         # thread's close can go out in between, and OpenSSH's answer to data on a channel
@@ -352,10 +462,13 @@ def _one_answer(answer: str) -> Callable[..., list[str]]:
 
 
 def close_client(client: paramiko.SSHClient) -> None:
+    """Close `client` now; never raises (the host's result is already made: a close that
+    fails must not lose it)."""
     transport = client.get_transport()
     if transport is not None:
         hang_up(transport.sock)  # wakes the transport thread now, not at its poll
-    client.close()
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def hang_up(sock: object) -> None:

@@ -139,35 +139,39 @@ class ProxySocket(socket.socket):
     never exits would outlive the host's deadline here.
     """
 
-    __slots__ = ("ended", "process", "stderr")
-    ended: str  # set on close: how the command ended by itself, or "" (killed, or running)
+    __slots__ = ("ended", "lock", "process", "stderr")
+    ended: str | None  # set on close: how the command ended by itself, "" if we ended it
+    lock: threading.Lock  # paramiko's thread and the session's may both close it
     process: subprocess.Popen[bytes]
     stderr: IO[bytes]
 
     def close(self) -> None:
         super().close()
-        process = getattr(self, "process", None)
-        if process is None or getattr(self, "ended", None) is not None:
-            return
-        try:
-            self.ended = self._ended(process.wait(_EXIT_WAIT))
-        except subprocess.TimeoutExpired:
-            self.ended = ""
-            process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=1)
-        self.stderr.close()
+        if not hasattr(self, "lock"):
+            return  # not set up yet (proxy_command_socket failed half-way)
+        with self.lock:
+            if self.ended is not None:
+                return
+            try:
+                self.ended = self._ended(self.process.wait(_EXIT_WAIT))
+            except subprocess.TimeoutExpired:
+                self.ended = ""
+                self.process.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=1)
+            self.stderr.close()
 
     def explain(self, wait: float = _EXIT_WAIT) -> str:
         """Why the connection ended, as far as the command tells: its exit status and the
         last line it wrote on stderr (sanitised and shortened); "" if it is still running
-        after `wait` seconds, or was killed by us."""
-        if getattr(self, "ended", None) is not None:
-            return self.ended
-        try:
-            return self._ended(self.process.wait(wait))
-        except subprocess.TimeoutExpired:
-            return ""
+        after `wait` seconds, or was ended by us."""
+        with self.lock:
+            if self.ended is not None:
+                return self.ended
+            try:
+                return self._ended(self.process.wait(wait))
+            except subprocess.TimeoutExpired:
+                return ""
 
     def _ended(self, code: int) -> str:
         self.stderr.seek(0)
@@ -193,5 +197,5 @@ def proxy_command_socket(command: str) -> ProxySocket:
     finally:
         theirs.close()
     sock = ProxySocket(fileno=ours.detach())
-    sock.process, sock.stderr = process, stderr
+    sock.ended, sock.lock, sock.process, sock.stderr = None, threading.Lock(), process, stderr
     return sock

@@ -1,0 +1,130 @@
+"""FleetTransport: what it offers in the key exchange, and its packet-layer overrides.
+
+The overrides trade paramiko's generic machinery for cheaper code (issue 10); these tests pin
+that the result is the same: the same algorithm lists as paramiko's own filtering, the same
+handshake-timeout decision as its timer thread, and a real connection that still works.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+from paramiko.packet import Packetizer
+
+import fleetexec
+from fleetexec.backends.inprocess import InProcessBackend
+from fleetexec.ssh.transport import FleetTransport, _Packetizer
+from fleetexec.testing.sshd import OpenSSHServer
+
+LISTS = ("kex", "keys", "ciphers", "macs", "compression", "pubkeys")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _paramikos(transport: paramiko.Transport, name: str) -> tuple[str, ...]:
+    """What paramiko's own property (filtering by disabled_algorithms) returns."""
+    value: tuple[str, ...] = getattr(paramiko.Transport, f"preferred_{name}").fget(transport)
+    return value
+
+
+def test_nothing_weak_is_offered(pair: tuple[socket.socket, socket.socket]) -> None:
+    transport = FleetTransport(pair[0])
+    assert not [k for k in transport.preferred_kex if "sha1" in k or k.endswith("group1")]
+    assert not [c for c in transport.preferred_ciphers if "cbc" in c or "3des" in c]
+    assert "ssh-rsa" not in transport.preferred_keys  # SHA-1 signatures
+    assert not [m for m in transport.preferred_macs if "md5" in m or "sha1" in m]
+    assert transport.preferred_ciphers[0] == "aes128-gcm@openssh.com"
+    assert transport.preferred_macs[0] == "hmac-sha2-256-etm@openssh.com"
+    # The post-quantum hybrid stays first; among the classical exchanges P-256 (cheapest for
+    # OpenSSH's end, see FleetTransport) comes before curve25519; of the finite-field
+    # groups, group14-sha256 first. Every exchange paramiko has is still offered.
+    assert transport.preferred_kex[:3] == (
+        "mlkem768x25519-sha256", "ecdh-sha2-nistp256", "curve25519-sha256@libssh.org")
+    dh = [k for k in transport.preferred_kex if k.startswith("diffie-hellman")]
+    assert dh[0] == "diffie-hellman-group14-sha256"
+    assert sorted(transport.preferred_kex) == sorted(paramiko.Transport._preferred_kex)
+
+
+@pytest.mark.parametrize("disabled", [None, {
+    "kex": ["ecdh-sha2-nistp256"], "keys": ["rsa-sha2-512"], "ciphers": ["aes128-gcm@openssh.com"],
+    "macs": ["hmac-sha2-512"], "pubkeys": ["rsa-sha2-256"],
+}])
+def test_the_algorithm_lists_are_paramikos_filtered_ones(
+        pair: tuple[socket.socket, socket.socket], disabled: dict[str, list[str]] | None) -> None:
+    transport = FleetTransport(pair[0], disabled_algorithms=disabled)
+    for name in LISTS:
+        assert getattr(transport, f"preferred_{name}") == _paramikos(transport, name), name
+    for name, removed in (disabled or {}).items():
+        assert not set(removed) & set(getattr(transport, f"preferred_{name}")), name
+    # SSHClient puts the host key type known_hosts holds first, per connection: still honoured,
+    # with the certificate variants after the plain ones as paramiko lists them.
+    transport.get_security_options().key_types = ["ecdsa-sha2-nistp256", "ssh-ed25519"]
+    assert transport.preferred_keys == _paramikos(transport, "keys") == (
+        "ecdsa-sha2-nistp256", "ssh-ed25519", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+        "ssh-ed25519-cert-v01@openssh.com")
+
+
+def test_the_handshake_deadline_decides_as_paramikos_timer_did(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    waiting, expired = _Packetizer(pair[0]), _Packetizer(pair[1])
+    assert not waiting.handshake_timed_out()  # not started: never
+    waiting.start_handshake(3600.0)
+    assert not waiting.handshake_timed_out()  # well before the deadline
+    expired.start_handshake(0.0)
+    assert expired.handshake_timed_out()  # at or past the deadline
+    expired.start_handshake(3600.0)  # like paramiko's single timer: a second start moves nothing
+    assert expired.handshake_timed_out()
+    expired.complete_handshake()
+    assert not expired.handshake_timed_out()  # a completed handshake never times out
+    assert isinstance(expired, Packetizer)
+
+
+def test_starting_the_handshake_starts_no_thread(
+        pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a threading.Timer was started")
+
+    monkeypatch.setattr(threading, "Timer", refused)
+    _Packetizer(pair[0]).start_handshake(15.0)
+    assert isinstance(FleetTransport(pair[0]).packetizer, _Packetizer)
+
+
+def test_a_server_stalling_the_key_exchange_is_cut_off_at_the_handshake_timeout(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    server.sendall(b"SSH-2.0-OpenSSH_9.2 stalls after its banner\r\n")
+    transport = FleetTransport(client)
+    transport.handshake_timeout = 0.0  # paramiko's attribute (15 s by default)
+    with pytest.raises(EOFError):  # as paramiko's timer thread ends it: EOF in read_all
+        transport.start_client(timeout=60)
+    transport.close()
+
+
+def test_real_connections_start_no_timer_thread_and_still_run(
+        sshd: OpenSSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(type(thread).__name__)
+        original(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    inventory = sshd.write_inventory(tmp_path / "inventory.yaml", ["127.0.1.1", "127.0.1.2"])
+    result = fleetexec.run(list(fleetexec.load_inventory(inventory).select()), "echo ok",
+                           system_known_hosts=False, backend=InProcessBackend())
+    assert [(r.status, r.stdout) for r in result.values()] == [
+        (fleetexec.Status.OK, b"ok\n")] * 2
+    assert "Timer" not in started
+    assert started.count("FleetTransport") == 2  # one transport thread per host, as before
