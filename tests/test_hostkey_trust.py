@@ -31,6 +31,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -38,10 +39,11 @@ from types import TracebackType
 import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa as rsa_module
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fleetexec
-from fleetexec import Host, Status
+from fleetexec import Host, Options, Status
 from fleetexec.ssh.hostkeys import HostKeyConflict, KnownHosts, record_host_key
 from fleetexec.testing.sshd import OpenSSHServer
 
@@ -630,3 +632,45 @@ def test_9_a_negated_pattern_excludes_the_host(sshd: OpenSSHServer, tmp_path: Pa
                            host_key_policy="strict", connect_timeout=5)
     assert result["excluded"].status is Status.HOSTKEY_UNKNOWN, result["excluded"].error
     assert result["covered"].status is Status.OK, result["covered"].error
+
+
+def test_an_rsa_entry_listed_first_does_not_make_the_server_sign_with_rsa(
+        tmp_path: Path) -> None:
+    """ssh-keyscan lists a host's RSA key first; paramiko asks for the type of the first
+    entry, and RSA signing costs the sshd ~2 ms more per connection. ed25519 is asked for."""
+    from fleetexec.resolve import resolve
+    from fleetexec.ssh.connect import connect
+    from fleetexec.ssh.session import WorkerContext
+    from fleetexec.ssh.transport import close_client
+    from fleetexec.testing.sshd import is_available
+
+    usable, why = is_available()
+    if not usable:
+        if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    rsa = rsa_module.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_path = tmp_path / "ssh_host_rsa_key"
+    rsa_path.write_bytes(rsa.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+    rsa_path.chmod(0o600)
+    rsa_public = rsa.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+    with OpenSSHServer(extra_config=[f"HostKey {rsa_path}"]) as server:
+        name = f"[127.0.1.1]:{server.port}"
+        known = tmp_path / "known_hosts"
+        known.write_text(f"{name} {rsa_public}\n{name} {server.host_public_key}\n")
+        options = Options(known_hosts=(str(known),), system_known_hosts=False,
+                          use_ssh_config=False, key_files=(str(server.client_key_path),))
+        [host] = resolve([Host("h", address="127.0.1.1", port=server.port, user=server.user)],
+                         options)
+        context = WorkerContext(options)
+        client = connect(host, context, time.monotonic())
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            assert transport.get_remote_server_key().get_name() == "ssh-ed25519"
+        finally:
+            close_client(client)
+            context.close_connections()

@@ -231,7 +231,12 @@ def _handshake(
     # paramiko looks the keys up as [address]:port (the address alone on 22); known_hosts
     # has them under known_hosts_name: the same name, unless HostKeyAlias says otherwise.
     looked_up = host.address if host.port in (None, 22) else f"[{host.address}]:{host.port}"
-    for key_type, key_b64 in known.lookup(host.known_hosts_name):
+    # paramiko asks the server for the type of the first key added: an RSA host key costs
+    # the sshd ~2 ms more per connection to sign with (bench/results/2026-11-30-algorithms
+    # .md), and ssh-keyscan lists it first. Any recorded key is still accepted.
+    entries = sorted(known.lookup(host.known_hosts_name),
+                     key=lambda entry: entry[0].startswith(("ssh-rsa", "rsa-")))
+    for key_type, key_b64 in entries:
         key = to_pkey(key_type, key_b64)
         if key is not None and key_b64 not in known.revoked:
             client.get_host_keys().add(looked_up, key_type, key)
