@@ -309,6 +309,15 @@ def test_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer,
         del result
 
 
+def test_more_worker_processes_than_two_all_serve(sshd: OpenSSHServer, tmp_path: Path) -> None:
+    # The first worker forks the others; each fork must close only the sockets still open
+    # (a third worker once crashed on one its parent had already closed, losing its hosts).
+    hosts, options = sshd_hosts(sshd, tmp_path, 12, "127.0.16.1")
+    result = fleetexec.run(hosts, "echo up", processes=4, connect_timeout=10,
+                           command_timeout=20, **options)
+    assert result.counts() == {Status.OK: 12}, {r.error for r in result.values()}
+
+
 # ---- row 48: few file descriptors, many hosts ----------------------------------------------
 
 

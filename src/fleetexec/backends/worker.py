@@ -180,29 +180,33 @@ class HostRunner:
         self.context.close_connections()
 
     def _loop(self) -> None:
+        while (work := self._inbox.get()) is not None:
+            if work.run >= self._skip_below:
+                self._run(work)
+            # `work` is dropped here: an idle thread must not keep a result's output alive.
+            del work
+
+    def _run(self, work: Work) -> None:
         from ..ssh.session import run_on_host
 
-        while (work := self._inbox.get()) is not None:
-            if work.run < self._skip_below:
-                continue
-            self._emit(Taken(work.run, work.index))
-            if work.transfer is not None:
-                from ..ssh.transfer import transfer_on_host
+        self._emit(Taken(work.run, work.index))
+        on_start = functools.partial(self._emit, Started(work.run, work.index))
+        if work.transfer is not None:
+            from ..ssh.transfer import transfer_on_host
 
-                self._emit(Finished(work.run, work.index, transfer_on_host(
-                    work.host, work.transfer, self.context, work.keep_connection,
-                    on_start=functools.partial(self._emit, Started(work.run, work.index)))))
-                continue
-            on_output = None
-            if work.stream_output:
-                def on_output(stream: str, data: bytes, work: Work = work) -> None:
-                    name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
-                    self._emit(Chunk(work.run, work.index, name, data))
-            result = run_on_host(work.host, work.command, self.context, work.keep_connection,
-                                 on_start=functools.partial(self._emit,
-                                                            Started(work.run, work.index)),
-                                 on_output=on_output, stdin=self._stdin.get(work.run))
-            self._emit(Finished(work.run, work.index, result))
+            self._emit(Finished(work.run, work.index, transfer_on_host(
+                work.host, work.transfer, self.context, work.keep_connection,
+                on_start=on_start)))
+            return
+        on_output = None
+        if work.stream_output:
+            def on_output(stream: str, data: bytes, work: Work = work) -> None:
+                name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
+                self._emit(Chunk(work.run, work.index, name, data))
+        result = run_on_host(work.host, work.command, self.context, work.keep_connection,
+                             on_start=on_start, on_output=on_output,
+                             stdin=self._stdin.get(work.run))
+        self._emit(Finished(work.run, work.index, result))
 
 
 class Channel:
@@ -259,16 +263,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..ssh import session  # noqa: F401 - imported before forking, shared by every fork
 
     children = []
+    still_open = list(fds)  # ours, and the sockets of the slots not yet forked
     for fd in fds[1:]:
         pid = os.fork()
         if pid == 0:
-            for other in fds:
+            for other in still_open:
                 if other != fd:
                     os.close(other)
             _serve(fd)
             os._exit(0)
         children.append(pid)
         os.close(fd)
+        still_open.remove(fd)
     _serve(fds[0])
     for pid in children:  # reaped here, so their CPU is accounted to our parent
         os.waitpid(pid, 0)
