@@ -238,7 +238,7 @@ class _Command:
         out, err = self.out, self.err
         return HostResult(
             host=self.host.name, status=status, exit_code=exit_code, signal=signal,
-            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout=out.data, stderr=err.data,
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
             started=self.started, duration=round(time.monotonic() - self.begin, 6), error=error,
         )
