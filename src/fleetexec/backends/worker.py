@@ -209,6 +209,9 @@ class HostRunner:
         self._emit(Finished(work.run, work.index, result))
 
 
+_JOIN_BELOW = 64 * 1024
+
+
 class Channel:
     """Length-prefixed pickle frames over a socket; `send` is safe from any thread."""
 
@@ -222,8 +225,13 @@ class Channel:
     def send(self, message: object) -> None:
         """Send one message (raises `OSError` if the other end is gone)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        header = self._HEADER.pack(len(data))
         with self._lock:
-            self.sock.sendall(self._HEADER.pack(len(data)) + data)
+            if len(data) < _JOIN_BELOW:
+                self.sock.sendall(header + data)
+            else:  # a result with megabytes of output: not copied once more to join them
+                self.sock.sendall(header)
+                self.sock.sendall(data)
 
     def receive(self) -> object | None:
         """The next message, or None when the other end has gone."""

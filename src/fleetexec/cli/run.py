@@ -189,8 +189,8 @@ def _execute(
         click.echo(render.render_diff(result))
         click.echo(render.render_summary(result))
     elif output_format == "json":
-        for piece in render.iter_json(result):
-            click.echo(piece, nl=False)
+        for piece in render.iter_json(result):  # printable ASCII: nothing for click to strip
+            click.echo(piece, nl=False, color=True)
         click.echo()
     elif output_format == "stream":
         for failed in result.failed.values():  # what the lines could not say
@@ -284,10 +284,10 @@ def _show(result: FleetResult, output_format: str) -> None:
     from .. import render
 
     if output_format == "json":
-        click.echo(render.render_json(result))
+        click.echo(render.render_json(result), color=True)
     elif output_format == "jsonl":
         for r in result.values():
-            click.echo(render.render_jsonl_line(r))
+            click.echo(render.render_jsonl_line(r), color=True)
         click.echo(render.render_summary(result), err=True)
     else:
         views = {"table": render.render_table, "gathered": render.render_gathered,
