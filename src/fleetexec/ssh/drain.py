@@ -38,6 +38,7 @@ BULK_READERS = 4  # ...with at most this many such sessions reading at once per 
 WINDOW_START = 32 * 1024  # what a session may have in flight before it reads in turns
 WINDOW_BULK = 2 * 1024 * 1024  # ...and once it has a turn
 TURN_IDLE = 0.2  # seconds without output after which a session gives its turn up
+LIVE_BATCH = 0.02  # seconds live output of a heavy session may wait to be sent with more
 
 
 class Sink(Protocol):
@@ -229,7 +230,8 @@ def drain(
     Past `BULK_BYTES`, a session reads only in a turn (`bulk_readers`): hundreds
     of floods at once in one process cost far more CPU, in GIL contention, than
     a few at a time. A session whose output pauses for `TURN_IDLE` seconds gives
-    its turn up, so slow talkers do not keep the floods waiting.
+    its turn up, so slow talkers do not keep the floods waiting. Live output goes
+    to its listener as it comes, in batches once the session is heavy.
     """
     stdout, stderr = channel.in_buffer, channel.in_stderr_buffer
     assert isinstance(stdout, ChunkPipe) and isinstance(stderr, ChunkPipe)  # noqa: S101
@@ -246,19 +248,22 @@ def drain(
             if heavy and bulk.idle:
                 # Wait for a turn (the server waits on the small window meanwhile).
                 bulk = Turn(bulk_readers, nothing)
-                _aim(window, stdout, WINDOW_BULK, live)
+                _aim(window, stdout, WINDOW_BULK)
             _read_ready(window, stdout, stderr, out, err)
             if channel.eof_received or channel.closed:
                 break
             heavy = heavy or out.total + err.total > BULK_BYTES
             if stdout.due() or stderr.due():
                 continue
+            if live and heavy and len(stdout):
+                ready.wait(LIVE_BATCH)  # a flood to a terminal: batches, not packets
+                continue
             if bulk.idle:
                 if not heavy:
                     ready.wait()
             elif not ready.wait(TURN_IDLE):
                 bulk.release()  # quiet for a while: let another session read
-                _aim(window, stdout, WINDOW_START, live)
+                _aim(window, stdout, WINDOW_START)
                 if not (stdout.due() or stderr.due()):
                     ready.wait()
     finally:
@@ -270,10 +275,10 @@ def drain(
     _read_ready(window, stdout, stderr, out, err)
 
 
-def _aim(window: _Window, stdout: ChunkPipe, size: int, live: bool) -> None:
-    """Let the server send up to `size` ahead; wake for stdout at a quarter of it."""
-    if not live:
-        stdout.wake_at = size // 4
+def _aim(window: _Window, stdout: ChunkPipe, size: int) -> None:
+    """Let the server send up to `size` ahead (a heavy session); wake for stdout at a quarter
+    of it (live output too: its reader also wakes `LIVE_BATCH` after data came)."""
+    stdout.wake_at = size // 4
     window.aim(size)
 
 
