@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -116,7 +117,9 @@ class OutdirWriter:
         self.written: list[str] = []  # host names, in the order written
         self._stems: dict[str, str] = {}  # casefolded file stem -> host name
         self._spools: dict[tuple[str, str], _Spool] = {}  # (host, stream) -> output so far
-        self._open_spools: OrderedDict[tuple[str, str], _Spool] = OrderedDict()  # with an open fd
+        self._open_spools: OrderedDict[tuple[str, str], _Spool] = OrderedDict()  # fd open
+        # an eighth of this process's open-files limit at most, which the caller shares
+        self._spool_cap = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         for host in hosts:  # a case clash is found before anything runs
             self._claim(host)
         self._fd = self._open(self.directory, force)
@@ -249,7 +252,7 @@ class OutdirWriter:
         if spool.fd >= 0:
             self._open_spools.move_to_end(key)
             return
-        while len(self._open_spools) >= OPEN_SPOOLS:
+        while len(self._open_spools) >= min(OPEN_SPOOLS, self._spool_cap):
             _, oldest = self._open_spools.popitem(last=False)
             os.close(oldest.fd)
             oldest.fd = -1

@@ -289,10 +289,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(fd: int) -> None:
+    from . import FDS_RESERVED, raise_open_files
+
     channel = Channel(socket.socket(fileno=fd))
     setup = channel.receive()
     if not isinstance(setup, Setup):
         return
+    raise_open_files(setup.threads + FDS_RESERVED)  # one socket per session thread
     try:
         runner = HostRunner(setup, channel.send)
     except ConfigError as error:

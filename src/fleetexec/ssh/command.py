@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 import paramiko
 from paramiko.channel import Channel
+from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.message import Message
+from paramiko.ssh_exception import SSHException
 
 from ..host import Host
 from ..results import HostResult, Status
@@ -39,10 +42,10 @@ def exec_and_drain(
             channel = transport.open_session(window_size=WINDOW_START, timeout=timeout or None)
             install_pipes(channel, live=out.listener is not None)
             if sudo is None:
-                channel.exec_command(command)
+                _exec(channel, command)
                 _send_stdin(channel, stdin)
             else:  # stdin waits until sudo has asked for the password or is done
-                channel.exec_command(sudo.wrap(command))
+                _exec(channel, sudo.wrap(command))
                 sudo.attach(channel, lambda: _send_stdin(channel, stdin))
         except Exception as error:
             if alarm is not None and alarm.fired:
@@ -69,10 +72,29 @@ def exec_and_drain(
         code = channel.exit_status
         return finish(Status.OK if code == 0 else Status.FAILED,
                       None if code == 0 else f"exit code {code}", exit_code=code)
+    if not channel.event_ready and transport.is_active():
+        return finish(Status.PROTOCOL_ERROR, "server refused the command channel: "
+                      "it refused to run the command")
     if not channel.eof_received:
         return finish(Status.CONNECTION_LOST, "connection lost before the command finished "
                       "(output is incomplete)")
     return finish(Status.NO_EXIT_STATUS, "the server reported no exit status")
+
+
+def _exec(channel: Channel, command: str) -> None:
+    """`Channel.exec_command` without waiting for the server's answer (a round trip and a
+    thread wake-up per command): a refusal closes the channel, and the drain ends with no
+    success seen (`event_ready` still False), which the caller reports."""
+    if channel.closed or channel.eof_received or channel.eof_sent or not channel.active:
+        raise SSHException("Channel is not open")
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("exec")
+    message.add_boolean(True)
+    message.add_string(command)
+    channel._event_pending()  # type: ignore[attr-defined]
+    channel.transport._send_user_message(message)  # type: ignore[union-attr]
 
 
 def _send_stdin(channel: Channel, data: bytes | None) -> None:
