@@ -174,13 +174,31 @@ class ChunkPipe:
 
 
 def install_pipes(channel: Channel, live: bool) -> None:
-    """Our pipes on a channel just opened (before exec: no data can have come yet).
+    """Our pipes on a channel just opened (before exec: nothing can have come yet).
 
     stdout wakes its reader at every chunk for live output, else once a quarter
-    of the window has come; stderr always at once (sudo's prompt is on it).
+    of the window has come; stderr always at once (sudo's prompt is on it). The
+    exit status wakes it too (one event for all), so a command's end is one
+    wake-up of the session, not one for EOF and one for the status.
     """
-    channel.in_buffer = ChunkPipe(0 if live else WINDOW_START // 4)  # type: ignore[assignment]
-    channel.in_stderr_buffer = ChunkPipe(0)  # type: ignore[assignment]
+    ready = threading.Event()
+    stdout, stderr = ChunkPipe(0 if live else WINDOW_START // 4), ChunkPipe(0)
+    stdout.set_event(ready)
+    stderr.set_event(ready)
+    channel.in_buffer, channel.in_stderr_buffer = stdout, stderr  # type: ignore[assignment]
+    channel.status_event = _Relay(ready)
+
+
+class _Relay(threading.Event):
+    """A channel's `status_event` that also sets the session's one event."""
+
+    def __init__(self, also: threading.Event) -> None:
+        super().__init__()
+        self.also = also
+
+    def set(self) -> None:
+        super().set()
+        self.also.set()
 
 
 class _Window:
@@ -233,11 +251,10 @@ def drain(
     its turn up, so slow talkers do not keep the floods waiting. Live output goes
     to its listener as it comes, in batches once the session is heavy.
     """
-    stdout, stderr = channel.in_buffer, channel.in_stderr_buffer
+    stdout, stderr, status = channel.in_buffer, channel.in_stderr_buffer, channel.status_event
     assert isinstance(stdout, ChunkPipe) and isinstance(stderr, ChunkPipe)  # noqa: S101
-    ready = threading.Event()
-    stdout.set_event(ready)
-    stderr.set_event(ready)
+    assert isinstance(status, _Relay)  # noqa: S101 - install_pipes ran
+    ready = status.also
     window = _Window(channel)
     live = stdout.wake_at == 0
     bulk = Turn(None, nothing)
@@ -245,13 +262,18 @@ def drain(
     try:
         while True:
             ready.clear()
-            if heavy and bulk.idle:
+            if heavy and bulk.idle and not channel.eof_received:
                 # Wait for a turn (the server waits on the small window meanwhile).
                 bulk = Turn(bulk_readers, nothing)
                 _aim(window, stdout, WINDOW_BULK)
             _read_ready(window, stdout, stderr, out, err)
-            if channel.eof_received or channel.closed:
+            if channel.closed or (channel.eof_received and status.is_set()):
                 break
+            if channel.eof_received:
+                # All output came; the exit status follows (one wake-up for both, mostly).
+                bulk.release()
+                ready.wait()
+                continue
             heavy = heavy or out.total + err.total > BULK_BYTES
             if stdout.due() or stderr.due():
                 continue
@@ -268,10 +290,8 @@ def drain(
                     ready.wait()
     finally:
         bulk.release()
-    _read_ready(window, stdout, stderr, out, err)
-    # exit-status may follow EOF; the server's channel close (or a dead
-    # transport, or the watchdog) sets status_event too.
-    channel.status_event.wait()
+    # The server's channel close, a dead transport or the watchdog set status_event too.
+    status.wait()
     _read_ready(window, stdout, stderr, out, err)
 
 
