@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING
 
 import paramiko
 from paramiko.channel import Channel
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.message import Message
-from paramiko.ssh_exception import SSHException
 
 from ..host import Host
 from ..results import HostResult, Status
 from .drain import BULK_READERS, WINDOW_START, Capped, drain, install_pipes
 from .failure import StaleConnection
+from .start import Opening, exec_request, open_and_exec
 from .sudo import SudoGate
 from .transport import FleetTransport
 
@@ -37,16 +35,21 @@ def exec_and_drain(
     # --sudo: the gate wraps the command and stands between the channel's stderr and `err`.
     sudo = SudoGate(err, options.sudo_user, options.sudo_password) if options.sudo else None
     alarm = context.watchdog.arm(time.monotonic() + timeout, transport.sock) if timeout else None  # type: ignore[arg-type]
+    opening: Opening | None = None
     try:
         try:
-            channel = transport.open_session(window_size=WINDOW_START, timeout=timeout or None)
-            install_pipes(channel, live=out.listener is not None)
-            if sudo is None:
-                _exec(channel, command)
-                _send_stdin(channel, stdin)
-            else:  # stdin waits until sudo has asked for the password or is done
-                _exec(channel, sudo.wrap(command))
-                sudo.attach(channel, lambda: _send_stdin(channel, stdin))
+            if sudo is None and not stdin:  # the common case: no wait until the command ends
+                channel, opening = open_and_exec(transport, command, out.listener is not None)
+            else:
+                channel = transport.open_session(window_size=WINDOW_START,
+                                                 timeout=timeout or None)
+                install_pipes(channel, live=out.listener is not None)
+                if sudo is None:
+                    transport._send_user_message(exec_request(channel, command))  # type: ignore[attr-defined]
+                    _send_stdin(channel, stdin)
+                else:  # stdin waits until sudo has asked for the password or is done
+                    transport._send_user_message(exec_request(channel, sudo.wrap(command)))  # type: ignore[attr-defined]
+                    sudo.attach(channel, lambda: _send_stdin(channel, stdin))
         except Exception as error:
             if alarm is not None and alarm.fired:
                 return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
@@ -59,6 +62,13 @@ def exec_and_drain(
     finally:
         if alarm is not None:
             alarm.cancel()
+    if opening is not None and opening.state in ("pending", "refused"):  # it never started
+        if alarm is not None and alarm.fired:
+            return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
+        if not transport.is_active():
+            raise StaleConnection()
+        return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: "
+                      f"{opening.error}")
     if alarm is not None and alarm.fired:
         return finish(Status.TIMEOUT, f"command did not finish within {timeout:g}s "
                       "(output so far kept)")
@@ -79,22 +89,6 @@ def exec_and_drain(
         return finish(Status.CONNECTION_LOST, "connection lost before the command finished "
                       "(output is incomplete)")
     return finish(Status.NO_EXIT_STATUS, "the server reported no exit status")
-
-
-def _exec(channel: Channel, command: str) -> None:
-    """`Channel.exec_command` without waiting for the server's answer (a round trip and a
-    thread wake-up per command): a refusal closes the channel, and the drain ends with no
-    success seen (`event_ready` still False), which the caller reports."""
-    if channel.closed or channel.eof_received or channel.eof_sent or not channel.active:
-        raise SSHException("Channel is not open")
-    message = Message()
-    message.add_byte(cMSG_CHANNEL_REQUEST)
-    message.add_int(channel.remote_chanid)
-    message.add_string("exec")
-    message.add_boolean(True)
-    message.add_string(command)
-    channel._event_pending()  # type: ignore[attr-defined]
-    channel.transport._send_user_message(message)  # type: ignore[union-attr]
 
 
 def _send_stdin(channel: Channel, data: bytes | None) -> None:
