@@ -282,3 +282,85 @@ def test_a_session_thread_keeps_no_finished_result_alive(monkeypatch: pytest.Mon
     assert sys.getrefcount(result) == 2  # ours and getrefcount's: the thread let it go
     go.set()
     runner.stop()
+
+
+# ---- starting a command without waiting in between ------------------------------------------
+
+
+class StartTransport:
+    """What `Opening` uses of a transport; `clear` is False during a key exchange."""
+
+    def __init__(self, clear: bool) -> None:
+        self.clear_to_send = threading.Event()
+        if clear:
+            self.clear_to_send.set()
+        self.clear_to_send_lock = threading.Lock()
+        self.saved_exception: Exception | None = None
+        self.sent: list[tuple[str, int]] = []  # (how, message type)
+        self.done = threading.Event()
+
+    def get_log_channel(self) -> str:
+        return "test"
+
+    def _sanitize_packet_size(self, size: int) -> int:
+        return size
+
+    def _send_message(self, message: object) -> None:
+        self.sent.append(("transport thread", message.asbytes()[0]))  # type: ignore[attr-defined]
+
+    def _send_user_message(self, message: object) -> None:
+        assert self.clear_to_send.wait(WAIT)
+        self.sent.append(("helper", message.asbytes()[0]))  # type: ignore[attr-defined]
+        if len(self.sent) == 2:
+            self.done.set()
+
+
+def opened_channel(transport: StartTransport, confirmed: bool) -> tuple[object, object]:
+    from paramiko.channel import Channel
+
+    from fleetexec.ssh.start import Opening
+
+    channel = Channel(3)
+    channel._set_transport(transport)  # type: ignore[attr-defined]
+    channel._set_window(WINDOW_START, PACKET)  # type: ignore[attr-defined]
+    install_pipes(channel, live=False)
+    if confirmed:
+        channel._set_remote_channel(9, 1 << 20, PACKET)  # type: ignore[attr-defined]
+    opening = Opening(transport, channel, "uptime")  # type: ignore[arg-type]
+    return channel, opening
+
+
+def test_the_transport_thread_sends_exec_and_eof_once_the_channel_is_confirmed() -> None:
+    from paramiko.common import MSG_CHANNEL_EOF, MSG_CHANNEL_REQUEST
+
+    transport = StartTransport(clear=True)
+    channel, opening = opened_channel(transport, confirmed=True)
+    opening.set()  # type: ignore[attr-defined]
+    assert opening.state == "sent"  # type: ignore[attr-defined]
+    assert transport.sent == [("transport thread", MSG_CHANNEL_REQUEST),
+                              ("transport thread", MSG_CHANNEL_EOF)]
+    assert channel.eof_sent and not channel.closed  # type: ignore[attr-defined]
+
+
+def test_during_a_key_exchange_a_helper_sends_them_once_clear() -> None:
+    from paramiko.common import MSG_CHANNEL_EOF, MSG_CHANNEL_REQUEST
+
+    transport = StartTransport(clear=False)
+    _, opening = opened_channel(transport, confirmed=True)
+    opening.set()  # type: ignore[attr-defined]  # returns at once: never blocks that thread
+    assert opening.state == "deferred" and transport.sent == []  # type: ignore[attr-defined]
+    transport.clear_to_send.set()  # the key exchange ends
+    assert transport.done.wait(WAIT)
+    assert transport.sent == [("helper", MSG_CHANNEL_REQUEST), ("helper", MSG_CHANNEL_EOF)]
+
+
+def test_a_refused_channel_is_closed_with_the_servers_reason() -> None:
+    from paramiko.ssh_exception import ChannelException
+
+    transport = StartTransport(clear=True)
+    transport.saved_exception = ChannelException(1, "Administratively prohibited")
+    channel, opening = opened_channel(transport, confirmed=False)
+    opening.set()  # type: ignore[attr-defined]
+    assert opening.state == "refused" and transport.sent == []  # type: ignore[attr-defined]
+    assert channel.closed and channel.status_event.is_set()  # type: ignore[attr-defined]
+    assert "Administratively prohibited" in (opening.error or "")  # type: ignore[attr-defined]
