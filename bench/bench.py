@@ -45,10 +45,14 @@ OUT_10MIB = 'yes "$(printf %01023d 0)" | head -c 10485760'  # 10 MiB in 1 KiB li
 ALIASES = {"df": "df -h", "sleep": "sleep 2", "10mib": OUT_10MIB}
 LABELS = {OUT_10MIB: "10 MiB output"}
 DEFAULT_COMMANDS = ["true", "df -h", "sleep 2", OUT_10MIB]
-PEERS = ["fleetexec-cli", "fleetexec-api", "asyncssh", "pssh", "xargs-ssh", "fabric"]
+PEERS = ["fleetexec-cli", "fleetexec-api", "asyncssh", "pssh", "xargs-ssh", "fabric",
+         "asyncssh-gcm"]  # the last: not by default (asyncssh with fleetexec's cipher)
+DEFAULT_PEERS = PEERS[:-1]
+GCM = "aes128-gcm@openssh.com"  # what fleetexec negotiates (bench/results: the KEX line)
 BASELINE: list[str] = []  # --baseline: another fleetexec install's CLI, e.g. the last release
 PY_PEERS = {"fleetexec-api": ("peer_fleetexec_api.py", "fleetexec"),
-            "asyncssh": ("peer_asyncssh.py", "asyncssh"), "pssh": ("peer_pssh.py", "pssh"),
+            "asyncssh": ("peer_asyncssh.py", "asyncssh"),
+            "asyncssh-gcm": ("peer_asyncssh.py", "asyncssh"), "pssh": ("peer_pssh.py", "pssh"),
             "fabric": ("peer_fabric.py", "fabric")}
 # Peers that keep every byte of output and process it slowly, measured here with the 10 MiB
 # command at N=10..50: client CPU s per host, peak MiB per host. Too slow for big N.
@@ -107,10 +111,11 @@ class Fleet:
             return ["xargs", "-P", str(CONCURRENCY), "-a", str(self.hosts(n)), "-I", "{}",
                     "sh", "-c", SSH_WRAPPER, "sh", "{}", command, *ssh_options]
         script = str(PEERS_DIR / PY_PEERS[peer][0])
+        cipher = ["--cipher", GCM] if peer == "asyncssh-gcm" else []
         return [sys.executable, script, "--hosts", str(self.hosts(n)), "--port", str(sshd.port),
                 "--user", sshd.user, "--key", str(sshd.client_key_path),
                 "--known-hosts", str(self.known_hosts), "--inventory", str(self.inventory(n)),
-                "--concurrency", str(CONCURRENCY), "--command", command]
+                "--concurrency", str(CONCURRENCY), "--command", command, *cipher]
 
 
 # ---- /proc readings --------------------------------------------------------------------
@@ -196,6 +201,7 @@ def _cpu(usages: list[Any]) -> float:
 def measure(argv: list[str], sshd_pid: int, workdir: Path) -> dict[str, Any]:
     """Run one client to completion and return what it cost (stdout/stderr left in workdir)."""
     wait_sshd_idle(sshd_pid)
+    load = float(Path("/proc/loadavg").read_text().split()[0])  # others share the machine?
     sshd0, busy0, ovf0 = process_cpu(sshd_pid), machine_busy(), listen_overflows()
     rss_file = workdir / "maxrss"
     rss_file.unlink(missing_ok=True)
@@ -227,6 +233,7 @@ def measure(argv: list[str], sshd_pid: int, workdir: Path) -> dict[str, Any]:
         "other_cpu": round(max(0.0, machine_busy() - busy0 - cpu - sshd_cpu), 3),
         # re-parented descendants (fleetexec: forkserver + its workers), included in "cpu"
         "orphans": len(orphans), "orphan_cpu": round(_cpu(orphans), 4), "leaked": leaked,
+        "load": load,
     }
 
 
@@ -403,7 +410,9 @@ def main() -> None:
     parser.add_argument("--commands", nargs="+", default=None, metavar="CMD",
                         help="comma list: true, 'df -h', 'sleep 2', 10mib, or any command")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peers", nargs="+", default=PEERS, help=f"comma list of {PEERS}")
+    parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS,
+                        help=f"comma list of {PEERS} (asyncssh-gcm: asyncssh limited to {GCM}, "
+                             "the cipher fleetexec negotiates; not run by default)")
     parser.add_argument("--quick", action="store_true", help="N=100, true and sleep 2, 1 repeat")
     parser.add_argument("--no-skip", action="store_true",
                         help=f"also run Fabric/pssh with 10 MiB output at N>{BULK_MAX_N}")

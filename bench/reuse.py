@@ -84,8 +84,11 @@ def main() -> None:
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
 
+    loads: list[float] = []
+
     def add(name: str, seconds: float, ok: int) -> None:
         rows.setdefault(name, []).append(seconds)
+        loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
         print(f"{name}: {seconds:.2f} s, ok {ok}/{args.n}", file=sys.stderr)
 
     with OpenSSHServer(max_startups="4000:30:8000") as sshd, \
@@ -128,6 +131,14 @@ def main() -> None:
     print(f"- FleetSession: second run {session:.1f}x faster than the first")
     print(f"- CLI --persist: second call {persist:.1f}x faster than the first")
     print(f"- reused run, FleetSession / asyncssh (kept connections): {peer:.2f}")
+    print(f"- load average (1 min) after each run: {min(loads):.1f}–{max(loads):.1f} "
+          f"(median {statistics.median(loads):.1f}); fleetexec git {_git()}")
+
+
+def _git() -> str:
+    done = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always",
+                           "--dirty"], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ def report(records: list[dict[str, Any]]) -> str:
     if share > 0.05:
         out += [f"**Noise:** during the measured runs the rest of the machine used {share:.0%} "
                 "of its CPU capacity (see `other CPU s`); compare ratios, not absolute times.", ""]
+    loads = [r["load"] for r in runs if "load" in r]
+    if loads:
+        out += [f"Load average (1 min) before each run: {min(loads):.1f}–{max(loads):.1f} "
+                f"(median {statistics.median(loads):.1f}).", ""]
     if failures:
         out += ["### Failures (error texts as the clients reported them)", "", *failures, ""]
     return "\n".join(out)

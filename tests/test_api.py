@@ -98,6 +98,19 @@ def test_collector_ignores_duplicates_and_unknown_hosts_and_guards_callbacks(cap
     assert list(collector.result(1.0)) == ["a", "b"]
 
 
+def test_collector_keeps_one_copy_of_equal_outputs_small_or_large():
+    names = [f"h{i}" for i in range(6)]
+    collector = Collector(names)
+    large = b"x" * 100_000
+    outputs = [b"same\n", b"same\n", bytes(large), bytes(large),
+               large[:-1] + b"y", b"x" + large[1:]]  # the last: equal to large
+    for name, output in zip(names, outputs, strict=True):
+        collector.add(HostResult(name, Status.OK, 0, stdout=output))
+    kept = [r.stdout for r in collector.result(1.0).values()]
+    assert kept == outputs
+    assert kept[0] is kept[1] and kept[2] is kept[3] is kept[5] and kept[4] is not kept[2]
+
+
 @pytest.mark.parametrize("kwargs", [
     {"command": ""}, {"command": "true", "host_key_policy": "yes"},
     {"command": "true", "command_timeout": -1}, {"command": "true", "connect_timeout": 0},

@@ -459,6 +459,14 @@ def test_connection_cut_mid_output_is_connection_lost_with_partial_output(rst: b
     assert r.duration < COMMAND + GRACE
 
 
+def test_server_refusing_the_command_is_a_clear_per_host_error() -> None:
+    # exec is sent without waiting for the answer: the refusal is found once the channel closes
+    r = mock_run([MockHost("noexec", fault=Fault.refuse_exec())])["noexec"]
+    assert r.status is Status.PROTOCOL_ERROR
+    assert r.error == "server refused the command channel: it refused to run the command"
+    assert r.stdout == b"" and r.exit_code is None
+
+
 def test_server_refusing_sessions_is_a_clear_per_host_error(
     healthy: Healthy, tmp_path: Path
 ) -> None:

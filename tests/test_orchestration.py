@@ -309,6 +309,15 @@ def test_many_large_results_finishing_together_all_arrive(sshd: OpenSSHServer,
         del result
 
 
+def test_more_worker_processes_than_two_all_serve(sshd: OpenSSHServer, tmp_path: Path) -> None:
+    # The first worker forks the others; each fork must close only the sockets still open
+    # (a third worker once crashed on one its parent had already closed, losing its hosts).
+    hosts, options = sshd_hosts(sshd, tmp_path, 12, "127.0.16.1")
+    result = fleetexec.run(hosts, "echo up", processes=4, connect_timeout=10,
+                           command_timeout=20, **options)
+    assert result.counts() == {Status.OK: 12}, {r.error for r in result.values()}
+
+
 # ---- row 48: few file descriptors, many hosts ----------------------------------------------
 
 
@@ -355,6 +364,39 @@ def test_sessions_in_flight_are_capped_by_the_open_files_limit_not_the_host_coun
     assert threads < 256  # every worker stays under its own limit, whatever the host count
     assert capped[0] * capped[1] <= 50 + capped[0]  # --parallel is honoured
     assert small[0] * small[1] <= 3
+
+
+def test_workers_raise_their_own_open_files_limit_and_never_the_callers(
+        sshd: OpenSSHServer, tmp_path: Path) -> None:
+    hosts, options = sshd_hosts(sshd, tmp_path, 2, "127.0.16.21")
+    script = textwrap.dedent(f"""
+        import json, resource
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        import fleetexec
+        from fleetexec.backends import Plan, plan, raisable_open_files
+        from fleetexec.backends.process import ProcessBackend
+        hosts = [fleetexec.Host(h, address=a, port={sshd.port}, user={sshd.user!r},
+                                key_files=({str(sshd.client_key_path)!r},))
+                 for h, a in {[(h.name, h.address) for h in hosts]!r}]
+        backend = ProcessBackend(Plan(1, 600, 64))
+        with fleetexec.FleetSession(hosts, backend=backend, **{options!r}) as session:
+            ok = len(session.run("true").succeeded)
+            (worker,) = backend._workers.values()
+            limits = open(f"/proc/{{worker.pid}}/limits").read()
+        line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
+        print(json.dumps({{"ok": ok, "worker_soft": int(line.split()[3]), "hard": hard,
+                          "mine": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                          "planned": plan(10_000, fleetexec.Options(),
+                                          open_files=raisable_open_files()).threads_per_process}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    found = json.loads(done.stdout)
+    assert found["ok"] == 2 and found["mine"] == 256  # the caller's limit is untouched
+    if found["hard"] >= 600 + 64:
+        assert found["worker_soft"] == 600 + 64  # a socket per session thread, plus a reserve
+        assert found["planned"] > 256 - 64
 
 
 # ---- row 49: paramiko never crosses a fork --------------------------------------------------

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import fleetexec
 from fleetexec import ConfigError, Status
+from fleetexec.backends import Output
 from fleetexec.host import check_hostname
-from fleetexec.outdir import OutdirWriter, file_stem
+from fleetexec.outdir import SPOOL_IN_MEMORY, OutdirWriter, file_stem
 from fleetexec.render import result_to_dict
 from fleetexec.results import HostResult
 from fleetexec.testing import Fault, MockHost, Reply, ScriptedBackend
@@ -245,6 +246,60 @@ def test_it_is_an_on_result_callback_for_the_api(tmp_path: Path) -> None:
     assert record["status"] == "auth_failed" and record["exit_code"] is None
 
 
+# --- output as it arrives ------------------------------------------------------------
+
+def test_streamed_output_is_written_whole_beyond_what_results_keep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleetexec.outdir, "OPEN_SPOOLS", 2)  # more hosts than open files
+    out = tmp_path / "out"
+    big = {f"h{i}": bytes([65 + i]) * (3 * SPOOL_IN_MEMORY + i) for i in range(5)}
+    with OutdirWriter(out) as writer:
+        for offset in range(0, max(map(len, big.values())), 10_000):  # interleaved
+            for host, data in big.items():
+                if data[offset:offset + 10_000]:
+                    writer.on_output(Output(host, "stdout", data[offset:offset + 10_000]))
+        writer.on_output(Output("h0", "stderr", b"small\n"))
+        for host, data in big.items():
+            writer(HostResult(host, Status.OK, 0, stdout=data[:100], stdout_truncated=True))
+        writer(HostResult("quiet", Status.OK, 0))  # no chunk came: the result's bytes
+    for host, data in big.items():
+        assert (out / f"{host}.out").read_bytes() == data  # every byte, not the result's 100
+        assert json.loads((out / f"{host}.json").read_text())["stdout_truncated"] is True
+    assert (out / "h0.err").read_bytes() == b"small\n"
+    assert (out / "h1.err").read_bytes() == b"" and (out / "quiet.out").read_bytes() == b""
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert all(mode(p) == 0o600 for p in out.iterdir())
+
+
+def test_a_spool_file_replaced_during_the_run_fails_that_host_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleetexec.outdir, "OPEN_SPOOLS", 1)
+    out = tmp_path / "out"
+    chunk = b"x" * (SPOOL_IN_MEMORY + 1)
+    with OutdirWriter(out) as writer:
+        writer.on_output(Output("victim", "stdout", chunk))  # to its temporary file
+        writer.on_output(Output("other", "stdout", chunk + b"z"))  # closes the victim's
+        (temp,) = [p for p in out.iterdir() if p.stat().st_size == len(chunk)]
+        temp.unlink()
+        temp.write_bytes(b"planted")  # same name, another file (maybe the same inode)
+        with pytest.raises(OSError, match="replaced"):
+            writer.on_output(Output("victim", "stdout", b"more"))
+        writer.on_output(Output("victim", "stdout", b"ignored after the failure"))
+        with pytest.raises(OSError, match="replaced"):
+            writer(HostResult("victim", Status.OK, 0))
+        writer(HostResult("other", Status.OK, 0))
+    assert not (out / "victim.out").exists() and not (out / "victim.json").exists()
+    assert (out / "other.out").read_bytes() == chunk + b"z"
+
+
+def test_close_drops_the_output_of_hosts_without_a_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with OutdirWriter(out) as writer:
+        writer.on_output(Output("gone", "stdout", b"y" * (2 * SPOOL_IN_MEMORY)))
+        writer.on_output(Output("gone", "stderr", b"partial"))
+    assert list(out.iterdir()) == []
+
+
 # --- the CLI -------------------------------------------------------------------------
 
 def test_cli_outdir_with_the_mock_fleet_composes_with_json(mock_fleet_factory, tmp_path: Path):
@@ -294,3 +349,19 @@ def test_cli_outdir_against_real_sshd(sshd, tmp_path: Path):
     bad = json.loads((out / "bad.json").read_text())
     assert bad["status"] == "failed" and bad["exit_code"] == 6
     assert sorted(mode(p) for p in out.iterdir()) == [0o600] * 6
+
+
+def test_cli_outdir_gets_every_byte_and_stream_keeps_what_a_saved_run_keeps(
+        sshd, tmp_path: Path) -> None:
+    inventory = sshd.write_inventory(tmp_path / "inv.yaml", ["127.0.7.11", "127.0.7.12"])
+    size = 200_000  # lines of 100 bytes: more than a saved run's 64 KiB, less than 1 MiB
+    command = f"yes \"$(printf %099d 7)\" | head -c {size}"
+    out = tmp_path / "out"
+    done = fleetexec_cli("run", "-i", str(inventory), "--no-system-known-hosts", "-o", "stream",
+                         "--outdir", str(out), "--", command, state=tmp_path / "state")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("0" * 98 + "7") == 2 * size // 100  # every line on the terminal
+    for name in ("h1", "h2"):
+        assert (out / f"{name}.out").read_bytes() == (b"0" * 98 + b"7\n") * (size // 100)
+        record = json.loads((out / f"{name}.json").read_text())
+        assert len(record["stdout"]) == 64 * 1024 and record["stdout_truncated"] is True

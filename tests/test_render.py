@@ -380,6 +380,22 @@ def test_streamed_json_is_byte_identical_to_one_json_dumps(count: int) -> None:
     assert "".join(iter_json(fleet)) == json.dumps(document, indent=2, ensure_ascii=True)
 
 
+def test_streamed_json_of_large_and_shared_outputs_is_byte_identical() -> None:
+    from fleetexec.render import iter_json, result_to_dict
+
+    shared = b"0123456789\n\x1b[2J" * 1000  # one object, as the Collector shares it
+    hosts = [HostResult("a", Status.OK, 0, stdout=shared, stderr=b"e" * 5000),
+             HostResult("b", Status.OK, 0, stdout=shared),
+             HostResult("c", Status.FAILED, 1, stdout=b"\xff" * 5000, stderr=shared),
+             HostResult("d", Status.OK, 0, stdout=bytes(shared)),  # equal, not shared
+             HostResult("e", Status.OK, 0, stdout=b'"stdout": null,\n' * 400)]
+    fleet = FleetResult({h.host: h for h in hosts}, wall_time=1.0)
+    document = {"hosts": [result_to_dict(h) for h in hosts], "summary": {
+        "total": 5, "counts": {str(s): n for s, n in fleet.counts().items()},
+        "wall_time": 1.0, "exit_code": fleet.exit_code, "interrupted": False}}
+    assert "".join(iter_json(fleet)) == json.dumps(document, indent=2, ensure_ascii=True)
+
+
 # --- diff ----------------------------------------------------------------------------
 
 def test_render_diff_exact() -> None:

@@ -48,6 +48,7 @@ async def _main() -> None:
         known_hosts=asyncssh.read_known_hosts(args.known_hosts),
         client_keys=[asyncssh.read_private_key(args.key)],
         agent_path=None, config=[], connect_timeout=60, login_timeout=60,
+        **({"encryption_algs": [args.cipher]} if args.cipher else {}),
     )
     limit = asyncio.Semaphore(args.concurrency)
     results = await asyncio.gather(

@@ -27,6 +27,7 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--inventory", help="fleetexec YAML inventory (fleetexec peers only)")
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--command", required=True)
+    parser.add_argument("--cipher", help="the one cipher to offer (asyncssh only)")
     return parser.parse_args()
 
 

@@ -207,6 +207,9 @@ class FleetResult(Mapping[str, HostResult]):
 
 
 OnResult = Callable[[HostResult], object]
+_SHARED_BY_HASH = 4096  # shorter outputs are deduplicated by hash
+_END = 512  # bytes at each end that, with the length, group larger ones
+_ALIKE_MAX = 8  # distinct outputs kept per group for comparison
 
 
 class Collector:
@@ -222,6 +225,7 @@ class Collector:
         self._known = set(self._order)
         self._results: dict[str, HostResult] = {}
         self._outputs: dict[bytes, bytes] = {}
+        self._large: dict[tuple[int, bytes, bytes], list[bytes]] = {}
         self._on_result = on_result
         self.callback_error: str | None = None
 
@@ -230,8 +234,7 @@ class Collector:
         if result.host in self._results or result.host not in self._known:
             return False
         # Fleets mostly print the same thing: keep one copy of each distinct output.
-        stdout = self._outputs.setdefault(result.stdout, result.stdout)
-        stderr = self._outputs.setdefault(result.stderr, result.stderr)
+        stdout, stderr = self._shared(result.stdout), self._shared(result.stderr)
         if stdout is not result.stdout or stderr is not result.stderr:
             result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
         self._results[result.host] = result
@@ -243,6 +246,22 @@ class Collector:
                 print(f"fleetexec: on_result callback raised, now ignored:\n"
                       f"{self.callback_error}", file=sys.stderr)
         return True
+
+    def _shared(self, data: bytes) -> bytes:
+        """The copy of `data` kept already, if any (else `data`, now kept).
+
+        A large output is not hashed whole (a megabyte costs more to hash than to
+        compare): its length and ends find the outputs it may equal.
+        """
+        if len(data) < _SHARED_BY_HASH:
+            return self._outputs.setdefault(data, data)
+        alike = self._large.setdefault((len(data), data[:_END], data[-_END:]), [])
+        for kept in alike:
+            if kept == data:
+                return kept
+        if len(alike) < _ALIKE_MAX:
+            alike.append(data)
+        return data
 
     def has(self, host: str) -> bool:
         """True when `host` already has a result."""

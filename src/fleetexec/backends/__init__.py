@@ -27,7 +27,7 @@ from ..options import Options, builtin
 from ..results import HostResult
 from ..transfer import Transfer
 
-__all__ = ["Backend", "Job", "Output", "Plan", "plan"]
+__all__ = ["Backend", "Job", "Output", "Plan", "plan", "raisable_open_files", "raise_open_files"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Backend(Protocol):
 
 
 HANDSHAKES_IN_FLIGHT = 128  # more at once overflowed one sshd's accept queue and lost hosts
-_FDS_RESERVED = 64
+FDS_RESERVED = 64  # files a worker process needs besides one socket per session
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,42 @@ class Plan:
         return self.processes * self.threads_per_process
 
 
-def plan(hosts: int, options: Options, *, cores: int | None = None) -> Plan:
-    """Size a run of `hosts`: about one process per core, sessions capped by open files."""
+def plan(hosts: int, options: Options, *, cores: int | None = None,
+         open_files: int | None = None) -> Plan:
+    """Size a run of `hosts`: about one process per core, sessions capped by open files.
+
+    `open_files` is the limit each process runs under (default: this process's soft
+    RLIMIT_NOFILE); processes of our own may raise theirs to `raisable_open_files()`.
+    """
     wanted = max(1, min(options.parallel or builtin("parallel"), hosts))
     cores = cores or os.cpu_count() or 1
     procs = min(options.processes or max(1, min(cores, math.ceil(hosts / 32))), wanted)
-    fd_cap = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _FDS_RESERVED)
+    if open_files is None:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fd_cap = max(1, open_files - FDS_RESERVED)
     threads = max(1, min(math.ceil(wanted / procs), fd_cap))  # one socket per session
     handshakes = max(1, min(threads, math.ceil(HANDSHAKES_IN_FLIGHT / procs)))
     return Plan(procs, threads, handshakes)
+
+
+def raisable_open_files() -> int:
+    """The open-files limit a process of ours can give itself: the hard limit (capped)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return _OPEN_FILES_MAX if hard == resource.RLIM_INFINITY else min(hard, _OPEN_FILES_MAX)
+
+
+def raise_open_files(needed: int) -> None:
+    """Raise this process's soft open-files limit to `needed` (at most the hard limit).
+
+    Only for processes of our own (workers): the caller's limits are never changed.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # stays as it was; the sessions were sized for the hard limit, see plan
+
+
+_OPEN_FILES_MAX = 1 << 20  # Linux's default fs.nr_open

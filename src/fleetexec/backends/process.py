@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ..exceptions import ConfigError
 from ..host import Host
 from ..results import HostResult, Status
-from . import Job, Output, Plan, plan
+from . import Job, Output, Plan, plan, raisable_open_files
 from .worker import (
     Channel,
     Chunk,
@@ -244,7 +244,9 @@ class ProcessBackend:
         if self._setup is not None and self._setup.options != options:
             self.close()  # new settings: new workers (keys and known_hosts reloaded)
         if self._setup is None:
-            sizing = self._sizing or plan(max(1, len(hosts)), options)
+            # Our workers raise their own soft open-files limit as far as the hard one.
+            sizing = self._sizing or plan(max(1, len(hosts)), options,
+                                          open_files=raisable_open_files())
             self._setup = Setup.for_hosts(options, hosts, sizing.threads_per_process,
                                           sizing.handshakes_per_process)
             self._count = sizing.processes

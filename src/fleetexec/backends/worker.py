@@ -180,29 +180,36 @@ class HostRunner:
         self.context.close_connections()
 
     def _loop(self) -> None:
+        while (work := self._inbox.get()) is not None:
+            if work.run >= self._skip_below:
+                self._run(work)
+            # `work` is dropped here: an idle thread must not keep a result's output alive.
+            del work
+
+    def _run(self, work: Work) -> None:
         from ..ssh.session import run_on_host
 
-        while (work := self._inbox.get()) is not None:
-            if work.run < self._skip_below:
-                continue
-            self._emit(Taken(work.run, work.index))
-            if work.transfer is not None:
-                from ..ssh.transfer import transfer_on_host
+        self._emit(Taken(work.run, work.index))
+        on_start = functools.partial(self._emit, Started(work.run, work.index))
+        if work.transfer is not None:
+            from ..ssh.transfer import transfer_on_host
 
-                self._emit(Finished(work.run, work.index, transfer_on_host(
-                    work.host, work.transfer, self.context, work.keep_connection,
-                    on_start=functools.partial(self._emit, Started(work.run, work.index)))))
-                continue
-            on_output = None
-            if work.stream_output:
-                def on_output(stream: str, data: bytes, work: Work = work) -> None:
-                    name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
-                    self._emit(Chunk(work.run, work.index, name, data))
-            result = run_on_host(work.host, work.command, self.context, work.keep_connection,
-                                 on_start=functools.partial(self._emit,
-                                                            Started(work.run, work.index)),
-                                 on_output=on_output, stdin=self._stdin.get(work.run))
-            self._emit(Finished(work.run, work.index, result))
+            self._emit(Finished(work.run, work.index, transfer_on_host(
+                work.host, work.transfer, self.context, work.keep_connection,
+                on_start=on_start)))
+            return
+        on_output = None
+        if work.stream_output:
+            def on_output(stream: str, data: bytes, work: Work = work) -> None:
+                name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
+                self._emit(Chunk(work.run, work.index, name, data))
+        result = run_on_host(work.host, work.command, self.context, work.keep_connection,
+                             on_start=on_start, on_output=on_output,
+                             stdin=self._stdin.get(work.run))
+        self._emit(Finished(work.run, work.index, result))
+
+
+_JOIN_BELOW = 64 * 1024
 
 
 class Channel:
@@ -218,8 +225,13 @@ class Channel:
     def send(self, message: object) -> None:
         """Send one message (raises `OSError` if the other end is gone)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        header = self._HEADER.pack(len(data))
         with self._lock:
-            self.sock.sendall(self._HEADER.pack(len(data)) + data)
+            if len(data) < _JOIN_BELOW:
+                self.sock.sendall(header + data)
+            else:  # a result with megabytes of output: not copied once more to join them
+                self.sock.sendall(header)
+                self.sock.sendall(data)
 
     def receive(self) -> object | None:
         """The next message, or None when the other end has gone."""
@@ -259,26 +271,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..ssh import session  # noqa: F401 - imported before forking, shared by every fork
 
     children = []
+    still_open = list(fds)  # ours, and the sockets of the slots not yet forked
     for fd in fds[1:]:
         pid = os.fork()
         if pid == 0:
-            for other in fds:
+            for other in still_open:
                 if other != fd:
                     os.close(other)
             _serve(fd)
             os._exit(0)
         children.append(pid)
         os.close(fd)
+        still_open.remove(fd)
     _serve(fds[0])
     for pid in children:  # reaped here, so their CPU is accounted to our parent
         os.waitpid(pid, 0)
 
 
 def _serve(fd: int) -> None:
+    from . import FDS_RESERVED, raise_open_files
+
     channel = Channel(socket.socket(fileno=fd))
     setup = channel.receive()
     if not isinstance(setup, Setup):
         return
+    raise_open_files(setup.threads + FDS_RESERVED)  # one socket per session thread
     try:
         runner = HostRunner(setup, channel.send)
     except ConfigError as error:

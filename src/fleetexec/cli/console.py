@@ -73,7 +73,7 @@ class Console:
             for line in self.live.flush(result.host):
                 click.echo(line)
         if self.format == "jsonl":
-            click.echo(render_jsonl_line(result))
+            click.echo(render_jsonl_line(result), color=True)  # ASCII: nothing to strip
         with self._lock:
             self.counts[result.status] += 1
             self.pending.pop(result.host, None)

@@ -14,7 +14,7 @@ from ..host import Host
 from ..results import FleetResult, HostResult
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..backends import Backend, Output
     from ..options import Options
     from ..outdir import OutdirWriter
     from ..transfer import Transfer
@@ -113,6 +113,12 @@ def run(ctx: click.Context, /, selection: tuple[str, ...], **opts: Any) -> None:
         hosts, options = _selected_hosts(selection, opts)
     writer = _outdir_writer(opts, hosts)
     options = _with_secrets(options, opts)
+    if opts["output_format"] == "stream" and ctx.get_parameter_source(
+            "max_output") is click.core.ParameterSource.DEFAULT:
+        # The lines went to the terminal; results keep what a saved run keeps, no more.
+        from ..history import SAVED_OUTPUT
+
+        options = options.replace(max_output=min(options.max_output, SAVED_OUTPUT))
     backend: Backend | None = None
     if opts["persist"]:
         from ..agent import AgentBackend
@@ -167,8 +173,8 @@ def _execute(
                 result = session.transfer(transfer, on_result=console.on_result)
             else:
                 result = session.run(command, on_result=_with_outdir(console.on_result, outdir),
-                                     on_output=console.on_output if output_format == "stream"
-                                     else None, stdin=stdin)
+                                     on_output=_output_to(console, output_format, outdir),
+                                     stdin=stdin)
     except FleetError as error:
         console.close()
         _fail(str(error))
@@ -189,8 +195,8 @@ def _execute(
         click.echo(render.render_diff(result))
         click.echo(render.render_summary(result))
     elif output_format == "json":
-        for piece in render.iter_json(result):
-            click.echo(piece, nl=False)
+        for piece in render.iter_json(result):  # printable ASCII: nothing for click to strip
+            click.echo(piece, nl=False, color=True)
         click.echo()
     elif output_format == "stream":
         for failed in result.failed.values():  # what the lines could not say
@@ -213,6 +219,25 @@ def _outdir_writer(opts: dict[str, Any], hosts: list[Host]) -> OutdirWriter | No
         return OutdirWriter(opts["outdir"], force=opts["force"], hosts=[h.name for h in hosts])
     except FleetError as error:
         _fail(str(error))
+
+
+def _output_to(console: Any, output_format: str, outdir: OutdirWriter | None) -> Any:
+    """Where output goes as it arrives: the terminal (-o stream), files (--outdir), both."""
+    if outdir is None:
+        return console.on_output if output_format == "stream" else None
+    failed: set[str] = set()
+
+    def write(output: Output) -> None:
+        if output_format == "stream":
+            console.on_output(output)
+        try:
+            outdir.on_output(output)
+        except (OSError, FleetError) as error:  # said once; its result says it again
+            if output.host not in failed:
+                failed.add(output.host)
+                _warn(f"--outdir: {output.host}: {error}")
+
+    return write
 
 
 def _with_outdir(on_result: Any, outdir: OutdirWriter | None) -> Any:
@@ -284,10 +309,10 @@ def _show(result: FleetResult, output_format: str) -> None:
     from .. import render
 
     if output_format == "json":
-        click.echo(render.render_json(result))
+        click.echo(render.render_json(result), color=True)
     elif output_format == "jsonl":
         for r in result.values():
-            click.echo(render.render_jsonl_line(r))
+            click.echo(render.render_jsonl_line(r), color=True)
         click.echo(render.render_summary(result), err=True)
     else:
         views = {"table": render.render_table, "gathered": render.render_gathered,

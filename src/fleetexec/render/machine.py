@@ -53,17 +53,20 @@ def _b64_unless_utf8(data: bytes) -> str | None:
     return None
 
 
-def result_to_dict(r: HostResult) -> dict[str, Any]:
-    """One host as a JSON-ready dict (schema in the module docstring). Not sanitised."""
+def result_to_dict(r: HostResult, *, outputs: bool = True) -> dict[str, Any]:
+    """One host as a JSON-ready dict (schema in the module docstring). Not sanitised.
+
+    `outputs=False`: stdout, stderr and their `_b64` are None (filled in later).
+    """
     return {
         "host": _json_text(r.host),
         "status": str(r.status),
         "exit_code": r.exit_code,
         "signal": _json_text(r.signal),
-        "stdout": r.stdout_text,
-        "stderr": r.stderr_text,
-        "stdout_b64": _b64_unless_utf8(r.stdout),
-        "stderr_b64": _b64_unless_utf8(r.stderr),
+        "stdout": r.stdout_text if outputs else None,
+        "stderr": r.stderr_text if outputs else None,
+        "stdout_b64": _b64_unless_utf8(r.stdout) if outputs else None,
+        "stderr_b64": _b64_unless_utf8(r.stderr) if outputs else None,
         "stdout_truncated": r.stdout_truncated,
         "stderr_truncated": r.stderr_truncated,
         "truncated": r.truncated,
@@ -83,13 +86,15 @@ def iter_json(result: FleetResult) -> Iterator[str]:
 
     The same bytes as `json.dumps(document, indent=2)`, but a 1000-host run
     with 1 MiB per host never holds the whole document in memory. Indenting
-    by line is safe: JSON text has newlines only between tokens.
+    by line is safe: JSON text has newlines only between tokens. An output
+    that several hosts share (the `Collector` keeps one copy of each) is
+    encoded once.
     """
     yield '{\n  "hosts": ['
     separator = "\n"
+    encoded: dict[int, tuple[str, str]] = {}  # id(output bytes) -> its JSON text, b64 JSON
     for r in result.values():
-        text = json.dumps(result_to_dict(r), indent=2, ensure_ascii=True)
-        yield separator + "    " + text.replace("\n", "\n    ")
+        yield separator + "    " + _host_json(r, encoded)
         separator = ",\n"
     summary = {
         "total": len(result),
@@ -100,6 +105,33 @@ def iter_json(result: FleetResult) -> Iterator[str]:
     }
     closing = "]" if separator == "\n" else "\n  ]"
     yield closing + ',\n  "summary": ' + json.dumps(summary, indent=2).replace("\n", "\n  ") + "\n}"
+
+
+_LARGE = 4096  # outputs at least this long are encoded once per distinct bytes object
+
+
+def _host_json(r: HostResult, encoded: dict[int, tuple[str, str]]) -> str:
+    """One host's `result_to_dict` as indented JSON, nested one level (as `iter_json` puts it).
+
+    Large outputs are left out of the dict and put into the text afterwards: the
+    placeholder lines are unique, since every string before them is escaped
+    (no raw newline in it).
+    """
+    large = len(r.stdout) >= _LARGE or len(r.stderr) >= _LARGE
+    text = json.dumps(result_to_dict(r, outputs=not large), indent=2,
+                      ensure_ascii=True).replace("\n", "\n    ")
+    if not large:
+        return text
+    for stream, data in (("stdout", r.stdout), ("stderr", r.stderr)):
+        found = encoded.get(id(data))
+        if found is None:
+            found = encoded[id(data)] = (json.dumps(data.decode("utf-8", "replace"),
+                                                    ensure_ascii=True),
+                                         json.dumps(_b64_unless_utf8(data)))
+        text = text.replace(f'\n      "{stream}": null,', f'\n      "{stream}": {found[0]},', 1)
+        text = text.replace(f'\n      "{stream}_b64": null,',
+                            f'\n      "{stream}_b64": {found[1]},', 1)
+    return text
 
 
 def render_jsonl_line(r: HostResult) -> str:

@@ -50,6 +50,8 @@ from paramiko.message import Message
 from paramiko.pkey import PKey
 from paramiko.util import b
 
+from .drain import WINDOW_START
+
 if TYPE_CHECKING:
     from .transport import FleetTransport
 
@@ -90,7 +92,7 @@ def send_channel_open(fleet: FleetTransport, register: Callable[[EarlyChannel], 
     for the answer. `register` gets the channel (its sequence number known) before it
     is sent, so the transport's handlers know it when the answer comes."""
     transport: Any = fleet  # paramiko's private parts, which its type stubs leave out
-    window = transport._sanitize_window_size(None)  # noqa: SLF001 - open_session's defaults
+    window = WINDOW_START  # as the drain's flow control expects of any session channel
     packet = transport._sanitize_packet_size(None)  # noqa: SLF001
     with transport.lock:
         chanid = transport._next_channel()  # noqa: SLF001

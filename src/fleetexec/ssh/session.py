@@ -50,6 +50,7 @@ class WorkerContext:
         self.bulk_readers = threading.BoundedSemaphore(BULK_READERS)
         # Re-read when they change on disk: workers outlive edits (see key(), known_hosts()).
         self._known = FileCache(KnownHosts.load)
+        self._known_files: dict[tuple[object, ...], tuple[str, ...]] = {}
         self._keys = FileCache(lambda paths: load_private_key(paths[0], self.options.passphrase))
         # ~/.ssh/id_*, offered when no key file is configured: None when missing or unusable
         # (skipped as ssh skips them in batch mode; the parent has said why).
@@ -116,7 +117,12 @@ class WorkerContext:
         records into is always read too, even when it is not one of the
         known_hosts files: a host with any entry there is not new.
         """
-        return self._known.get(known_hosts_files(host, self.options))
+        key = (host.user_known_hosts, host.global_known_hosts, host.known_hosts_file,
+               host.host_key_policy)  # all that known_hosts_files reads of a host
+        files = self._known_files.get(key)
+        if files is None:
+            files = self._known_files[key] = known_hosts_files(host, self.options)
+        return self._known.get(files)
 
     def still_trusted(self, host: Host, client: paramiko.SSHClient) -> bool:
         """Whether a kept connection's host key is still in known_hosts and not revoked."""
@@ -243,7 +249,7 @@ class _Command:
         out, err = self.out, self.err
         return HostResult(
             host=self.host.name, status=status, exit_code=exit_code, signal=signal,
-            stdout=bytes(out.data), stderr=bytes(err.data),
+            stdout=out.data, stderr=err.data,
             stdout_truncated=out.truncated, stderr_truncated=err.truncated,
             started=self.started, duration=round(time.monotonic() - self.begin, 6), error=error,
         )

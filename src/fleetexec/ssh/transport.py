@@ -283,6 +283,11 @@ class FleetTransport(paramiko.Transport):
                 return chan
         return super().open_session(window_size, max_packet_size, timeout)
 
+    def early_session(self, timeout: float) -> Channel | None:
+        """The session channel opened behind the user-auth requests, once the server
+        confirmed it; None if there is none (a kept connection) or it was refused."""
+        return self._take_early(timeout)
+
     def _take_early(self, timeout: float) -> Channel | None:
         """The newest early channel once the server confirmed it; None when refused (then
         the caller opens one as usual). Older ones were asked for before a rejection."""

@@ -62,7 +62,8 @@ Stream = Literal["stdout", "stderr", "both"]
 COMMAND_FAULTS = frozenset(
     {"hang", "trickle", "flood", "binary", "drop", "no_exit_status", "signal"}
 )
-HOST_FAULTS = frozenset({"reject_auth", "slow_auth", "fresh_host_key", "changed_key_type"})
+HOST_FAULTS = frozenset({"reject_auth", "slow_auth", "fresh_host_key", "changed_key_type",
+                         "refuse_exec"})
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Fault:
     Command faults (a host's ``fault=``, or a value in its ``replies``):
     `hang`, `trickle`, `flood`, `binary`, `drop`, `no_exit_status`, `signal`.
     Host faults (``fault=`` only): `reject_auth`, `slow_auth`,
-    `fresh_host_key`, `changed_key_type`.
+    `fresh_host_key`, `changed_key_type`, `refuse_exec`.
 
     >>> MockHost(replies={"deploy *": Fault.hang(b"starting\\n")}).respond("deploy web").kind
     'hang'
@@ -133,6 +134,11 @@ class Fault:
     def reject_auth(cls) -> Fault:
         """Refuse every public key."""
         return cls("reject_auth")
+
+    @classmethod
+    def refuse_exec(cls) -> Fault:
+        """Open session channels, but refuse every command on them."""
+        return cls("refuse_exec")
 
     @classmethod
     def slow_auth(cls, seconds: float) -> Fault:

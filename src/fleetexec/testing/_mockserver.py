@@ -89,6 +89,9 @@ class _Handler(Handler):  # type: ignore[misc]  # mockssh is untyped
             self.command_queues.setdefault(channel.get_id(), queue.Queue()).put(command)
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        fault = self.server.spec.fault
+        if fault is not None and fault.kind == "refuse_exec":
+            return False
         self._pending[channel.get_id()] = command
         return True
 
