@@ -354,3 +354,54 @@ def test_mock_fleet_with_a_rejected_key_first_runs_the_command(tmp_path: Path) -
                            identities_only=True)
     assert {name: (r.status, r.stdout) for name, r in result.items()} == {
         "host1": (Status.OK, b"host1\n"), "host2": (Status.OK, b"host2\n")}
+
+
+def test_real_sshd_handshake_over_a_paramiko_channel(
+        sshd: OpenSSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As through a jump host: the socket is a direct-tcpip Channel of another connection,
+    # which has no MSG_PEEK and no socket options. The banner, the pipelined handshake and
+    # the command all go through it.
+    with paramiko.SSHClient() as jump:
+        jump.set_missing_host_key_policy(paramiko.RejectPolicy())
+        jump.get_host_keys().add(f"[127.0.8.3]:{sshd.port}", "ssh-ed25519",
+                                 paramiko.Ed25519Key(data=_blob(sshd.host_public_key)))
+        jump.connect("127.0.8.3", sshd.port, username=sshd.user,
+                     key_filename=str(sshd.client_key_path), look_for_keys=False,
+                     allow_agent=False, timeout=10)
+        transport = jump.get_transport()
+        assert transport is not None
+        channels: list[paramiko.Channel] = []
+
+        def through_jump(host: Host, deadline: float, timeout: float) -> paramiko.Channel:
+            chan = transport.open_channel("direct-tcpip", ("127.0.8.4", sshd.port),
+                                          ("127.0.0.1", 0), timeout=timeout)
+            channels.append(chan)
+            return chan
+
+        monkeypatch.setattr(connect_module, "_open_socket", through_jump)
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.8.4]:{sshd.port} {sshd.host_public_key}\n")
+        host = Host("h", address="127.0.8.4", port=sshd.port, user=sshd.user,
+                    key_files=(str(sshd.client_key_path),))
+        options = Options(known_hosts=(str(known),), system_known_hosts=False, use_agent=False,
+                          use_ssh_config=False, connect_timeout=10, command_timeout=10)
+        resolved, = resolve([host], options)
+        context = WorkerContext(options)
+        try:
+            r = run_on_host(resolved, "echo via-channel", context)
+        finally:
+            context.close_connections()
+        # The connection's own thread closes its channel on the way out: before the jump.
+        from fleetexec.ssh.transport import FleetTransport
+
+        for thread in threading.enumerate():
+            if isinstance(thread, FleetTransport):
+                thread.join(10)
+    assert (r.status, r.stdout) == (Status.OK, b"via-channel\n"), r.error
+    assert len(channels) == 1
+
+
+def _blob(public_line: str) -> bytes:
+    import base64
+
+    return base64.b64decode(public_line.split()[1])
