@@ -272,7 +272,11 @@ def _handshake(
     except Exception as error:
         transport = client.get_transport()
         fleet = transport if isinstance(transport, FleetTransport) else None
-        if alarm.fired or isinstance(error, BannerTimeout):
+        # paramiko's own wait for the key exchange ends at the same deadline as our alarm,
+        # and may notice first (it then fails later, "No existing session"): a deadline
+        # that has passed is a timeout, whoever noticed it.
+        if alarm.fired or isinstance(error, BannerTimeout) or \
+                time.monotonic() >= alarm.deadline - 0.05:
             what = "no SSH banner" if fleet and not fleet.banner_received else (
                 "connect did not complete")
             raise Failure(Status.TIMEOUT, f"{what} within {timeout:g}s") from None
