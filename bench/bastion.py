@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[500])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--command", default="true")
+    parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     args = parser.parse_args()
+    PEERS[:] = args.peers
     usable, why = is_available()
     if not usable:
         sys.exit(f"bench: cannot start a real sshd: {why}")
@@ -133,8 +135,8 @@ def table(rows: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Name
                 f"| {n} | {peer} | {median('wall'):.2f} | {median('cpu'):.2f} | "
                 f"{median('sshd_cpu'):.2f} | {int(median('handshakes'))} | "
                 f"{min(r['ok'] for r in runs)}/{n} | {ratio or '- | -'} |")
-        errors = {peer: rows[(peer, n)][-1]["errors"] for peer in PEERS if rows[(peer, n)][-1]
-                  ["errors"]}
+        errors = {peer: [r["errors"] for r in rows[(peer, n)] if r["errors"]] for peer in PEERS
+                  if any(r["errors"] for r in rows[(peer, n)])}
         if errors:
             lines.append(f"\nFailures at N={n}: {errors}")
     return "\n".join(lines)

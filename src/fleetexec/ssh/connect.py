@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["connect"]
 
 _CLOSED_BEFORE_BANNER_RETRIES = 5  # sshd's MaxStartups drops look exactly like this
+_TUNNEL_RETRIES = 2  # a handshake through a bastion whose stream broke (see _garbled_tunnel)
 
 
 class _ClosedBeforeBanner(Exception):
@@ -98,6 +99,7 @@ def connect(host: Host, context: WorkerContext, begin: float,
     except ConfigError as error:
         raise Failure(Status.ERROR, str(error)) from None
     attempts = 0
+    tunnel_retries = _TUNNEL_RETRIES
     while True:
         sock: socket.socket | paramiko.Channel
         if host.via:  # through the bastions' shared connections; their own deadlines apply
@@ -120,6 +122,9 @@ def connect(host: Host, context: WorkerContext, begin: float,
                 _explain_proxy(ended, sock)
             close_client(client)
             sock.close()
+            if _garbled_tunnel(error, host, client, tunnel_retries):
+                tunnel_retries -= 1
+                continue
             if not isinstance(error, _ClosedBeforeBanner):
                 raise
             if ended.message:  # a ProxyCommand that exited: another try would not help
@@ -136,6 +141,21 @@ def connect(host: Host, context: WorkerContext, begin: float,
                 f"server closed the connection before its SSH banner ({attempts} attempts; "
                 "sshd MaxStartups or a firewall?)",
             )
+
+
+def _garbled_tunnel(error: BaseException, host: Host, client: paramiko.SSHClient,
+                    retries: int) -> bool:
+    """Whether a handshake through a bastion broke in a way worth one more channel.
+
+    With a few hundred handshakes at once on one bastion connection, about 1 in 100
+    sees its byte stream garbled ("Invalid packet blocking") or cut, a fault in
+    paramiko's channel-as-socket path we have not pinned down. Nothing is
+    authenticated yet, so nothing ran: a new channel is safe, and then succeeds.
+    """
+    transport = client.get_transport()
+    return bool(host.via) and retries > 0 and isinstance(error, Failure) and (
+        error.status in (Status.PROTOCOL_ERROR, Status.CONNECTION_LOST)) and not (
+        transport is not None and transport.is_authenticated())
 
 
 def _pause(turn: Turn | None, seconds: float, deadline: float) -> bool:
