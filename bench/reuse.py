@@ -9,7 +9,12 @@ One real sshd serving N loopback hosts. Measures, in one run:
 Prints wall seconds and ratios: first / reused (the speed-up reuse buys) and
 fleetexec reused / asyncssh reused (< 1.00: fleetexec faster).
 
-    python bench/reuse.py [--n 500] [--command true] [--repeats 3]
+Then, with `--pairs K` (default 5), the two kept-connection runs side by side: one
+`FleetSession` and one set of asyncssh connections open at once, and K rounds that
+each run the command once over each (the order alternating), so both see the same
+machine; medians of wall and client CPU (this process, plus the workers for fleetexec).
+
+    python bench/reuse.py [--n 500] [--command true] [--repeats 3] [--pairs 5]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,11 +82,85 @@ async def asyncssh_reused(hosts: list[str], port: int, user: str, key: Path, kno
     return first, reused, sum(oks)
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (and what they reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        total = sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+                    .split()[11:15]) / tick
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _tree_cpu(int(child))
+    except OSError:
+        return 0.0
+    return total
+
+
+def _client_cpu(sshd_pid: int) -> float:
+    """This process's CPU plus its children's but the sshd's (the FleetSession's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    mine = usage.ru_utime + usage.ru_stime
+    children = sum(_tree_cpu(int(c)) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+                   for c in (task / "children").read_text().split() if int(c) != sshd_pid)
+    return mine + children
+
+
+def side_by_side(selected: list[fleetexec.Host], hosts: list[str], port: int, user: str,
+                 key: Path, known: Path, command: str, pairs: int,
+                 sshd_pid: int) -> dict[str, list[tuple[float, float]]]:
+    """Kept connections on both sides at once, then `pairs` alternating rounds."""
+    import asyncssh
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    options = asyncssh.SSHClientConnectionOptions(
+        username=user, known_hosts=asyncssh.read_known_hosts(str(known)),
+        client_keys=[asyncssh.read_private_key(str(key))], agent_path=None, config=[])
+    limit = asyncio.Semaphore(128)
+
+    async def connect(host: str) -> asyncssh.SSHClientConnection:
+        async with limit:
+            return await asyncssh.connect(host, port, options=options)
+
+    async def run(conn: asyncssh.SSHClientConnection) -> bool:
+        async with limit:
+            return (await conn.run(command, check=False)).exit_status == 0
+
+    async def run_all(conns: list[asyncssh.SSHClientConnection]) -> int:
+        return sum(await asyncio.gather(*(run(c) for c in conns)))
+
+    found: dict[str, list[tuple[float, float]]] = {"fleetexec": [], "asyncssh": []}
+    with fleetexec.FleetSession(selected, system_known_hosts=False) as session:
+        assert ok_count(session.run(command)) == len(selected)  # noqa: S101
+        async def connect_all() -> list[asyncssh.SSHClientConnection]:
+            return list(await asyncio.gather(*(connect(h) for h in hosts)))
+
+        conns = loop.run_until_complete(connect_all())
+        loop.run_until_complete(run_all(conns))
+        steps = {"fleetexec": lambda: ok_count(session.run(command)),
+                 "asyncssh": lambda: loop.run_until_complete(run_all(conns))}
+        for round_ in range(pairs):
+            for name in (("fleetexec", "asyncssh") if round_ % 2 == 0
+                         else ("asyncssh", "fleetexec")):
+                time.sleep(0.5)  # the sshd's session processes exit
+                cpu = _client_cpu(sshd_pid)
+                seconds, ok = timed(steps[name])
+                found[name].append((seconds, _client_cpu(sshd_pid) - cpu))
+                print(f"side by side, {name}: {seconds:.2f} s, ok {ok}/{len(hosts)}",
+                      file=sys.stderr)
+        for conn in conns:
+            conn.close()
+    loop.close()
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--command", default="true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="alternating rounds over kept connections on both sides (0: none)")
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
 
@@ -118,6 +198,9 @@ def main() -> None:
                 hosts, sshd.port, sshd.user, sshd.client_key_path, known, args.command))
             add("asyncssh first (connect + run)", first, ok)
             add("asyncssh second run (kept)", reused, ok)
+        assert sshd.pid is not None  # noqa: S101
+        pairs = side_by_side(selected, hosts, sshd.port, sshd.user, sshd.client_key_path,
+                             known, args.command, args.pairs, sshd.pid) if args.pairs else {}
 
     median = {name: statistics.median(values) for name, values in rows.items()}
     print(f"N = {args.n}, command `{args.command}`, {args.repeats} repeats, median wall seconds\n")
@@ -131,6 +214,17 @@ def main() -> None:
     print(f"- FleetSession: second run {session:.1f}x faster than the first")
     print(f"- CLI --persist: second call {persist:.1f}x faster than the first")
     print(f"- reused run, FleetSession / asyncssh (kept connections): {peer:.2f}")
+    if pairs:
+        wall = {name: statistics.median(w for w, _ in runs) for name, runs in pairs.items()}
+        cpu = {name: statistics.median(c for _, c in runs) for name, runs in pairs.items()}
+        print(f"\nSide by side over kept connections, {args.pairs} alternating rounds, medians:\n")
+        print("| client | wall s | client CPU s |\n|---|---|---|")
+        for name in pairs:
+            walls = ", ".join(f"{w:.2f}" for w, _ in pairs[name])
+            print(f"| {name} | {wall[name]:.2f} ({walls}) | {cpu[name]:.2f} |")
+        print(f"\n- side by side, fleetexec / asyncssh: wall "
+              f"{wall['fleetexec'] / wall['asyncssh']:.2f}, client CPU "
+              f"{cpu['fleetexec'] / cpu['asyncssh']:.2f}")
     print(f"- load average (1 min) after each run: {min(loads):.1f}–{max(loads):.1f} "
           f"(median {statistics.median(loads):.1f}); fleetexec git {_git()}")
 
