@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import time
 import unicodedata
 
 import pytest
@@ -109,13 +108,12 @@ def test_escape_table_covers_every_code_point() -> None:
     assert set(terminal._table(False)) == unsafe - {ord("\n"), ord("\t")}
 
 
-def test_sanitize_is_fast_on_a_mebibyte() -> None:
-    sanitize("warm")
+def test_sanitize_handles_a_mebibyte_of_hostile_bytes() -> None:
+    # Correctness at size only: a timed assert fails on a loaded machine (speed is bench's).
     hostile = (b"\x1b[31mred\x1b[0m \xc2\x9b \xff " + "\u202e".encode() + b"\n") * 40_000
-    start = time.perf_counter()
     out = sanitize(hostile)
-    assert time.perf_counter() - start < 0.5
-    assert "\x1b" not in out
+    assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out
+    assert out.count("\n") == 40_000
 
 
 @settings(max_examples=300, deadline=None)
