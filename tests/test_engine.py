@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,17 @@ def test_process_and_in_process_backends_give_the_same_results(fleet, make):
     assert [r.status for r in first.values()] == [Status.OK, Status.OK, Status.FAILED]
     assert streamed[-1].host == "host2"  # the slow one comes last
     assert {r.host: r.stdout for r in streamed} == {n: r.stdout for n, r in first.items()}
+
+
+def test_in_process_runs_leave_no_thread_behind(fleet):
+    def ours() -> int:
+        return sum(t.name == "fleetexec-watchdog" for t in threading.enumerate())
+
+    before = ours()
+    for _ in range(3):
+        fleetexec.run(hosts_of(fleet), "deploy", backend=InProcessBackend(),
+                      system_known_hosts=False)
+    assert ours() == before
 
 
 def test_leaving_a_stream_early_cancels_and_the_session_still_works(fleet):

@@ -178,6 +178,7 @@ class HostRunner:
         for thread in self._threads:
             thread.join()
         self.context.close_connections()
+        self.context.watchdog.stop()
 
     def _loop(self) -> None:
         while (work := self._inbox.get()) is not None:

@@ -44,7 +44,18 @@ class Watchdog:
         self._heap: list[tuple[float, int, Alarm]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
-        threading.Thread(target=self._loop, name="fleetexec-watchdog", daemon=True).start()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="fleetexec-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the watchdog's thread (its sessions are over): a long-lived program that
+        runs many in-process fleets must not collect one idle thread per run."""
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join()
 
     def arm(self, deadline: float, sock: socket.socket | Channel) -> Alarm:
         """Shut `sock` down at `deadline` (a `time.monotonic()` value) unless cancelled."""
@@ -57,7 +68,7 @@ class Watchdog:
 
     def _loop(self) -> None:
         with self._wake:
-            while True:
+            while not self._stopped:
                 while self._heap and self._heap[0][2].cancelled:
                     heapq.heappop(self._heap)
                 if not self._heap:
