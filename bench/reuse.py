@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import fleetexec
 from fleetexec.testing.sshd import OpenSSHServer, addresses
@@ -53,33 +54,48 @@ def cli_run(inventory: Path, command: str, env: dict[str, str]) -> int:
     return int(json.loads(done.stdout)["summary"]["counts"].get("ok", 0))
 
 
+class _Asyncssh:
+    """asyncssh as a careful user drives it: options parsed once, 128 in flight."""
+
+    def __init__(self, port: int, user: str, key: Path, known: Path, command: str) -> None:
+        import asyncssh
+
+        self.port, self.command = port, command
+        self.options = asyncssh.SSHClientConnectionOptions(
+            username=user, known_hosts=asyncssh.read_known_hosts(str(known)),
+            client_keys=[asyncssh.read_private_key(str(key))], agent_path=None, config=[])
+        self.limit = asyncio.Semaphore(128)
+
+    async def connect_all(self, hosts: list[str]) -> list[Any]:
+        import asyncssh
+
+        async def connect(host: str) -> asyncssh.SSHClientConnection:
+            async with self.limit:
+                return await asyncssh.connect(host, self.port, options=self.options)
+
+        return list(await asyncio.gather(*(connect(h) for h in hosts)))
+
+    async def run_all(self, conns: list[Any]) -> int:
+        async def run(conn: Any) -> bool:
+            async with self.limit:
+                return bool((await conn.run(self.command, check=False)).exit_status == 0)
+
+        return sum(await asyncio.gather(*(run(c) for c in conns)))
+
+
 async def asyncssh_reused(hosts: list[str], port: int, user: str, key: Path, known: Path,
                           command: str) -> tuple[float, float, int]:
-    import asyncssh
-
-    options = asyncssh.SSHClientConnectionOptions(
-        username=user, known_hosts=asyncssh.read_known_hosts(str(known)),
-        client_keys=[asyncssh.read_private_key(str(key))], agent_path=None, config=[])
-    limit = asyncio.Semaphore(128)
-
-    async def connect(host: str) -> asyncssh.SSHClientConnection:
-        async with limit:
-            return await asyncssh.connect(host, port, options=options)
-
-    async def run(conn: asyncssh.SSHClientConnection) -> bool:
-        async with limit:
-            return (await conn.run(command, check=False)).exit_status == 0
-
+    client = _Asyncssh(port, user, key, known, command)
     begin = time.perf_counter()
-    conns = await asyncio.gather(*(connect(h) for h in hosts))
-    await asyncio.gather(*(run(c) for c in conns))
+    conns = await client.connect_all(hosts)
+    await client.run_all(conns)
     first = time.perf_counter() - begin
     begin = time.perf_counter()
-    oks = await asyncio.gather(*(run(c) for c in conns))
+    oks = await client.run_all(conns)
     reused = time.perf_counter() - begin
     for conn in conns:
         conn.close()
-    return first, reused, sum(oks)
+    return first, reused, oks
 
 
 def _tree_cpu(pid: int) -> float:
@@ -109,36 +125,16 @@ def side_by_side(selected: list[fleetexec.Host], hosts: list[str], port: int, us
                  key: Path, known: Path, command: str, pairs: int,
                  sshd_pid: int) -> dict[str, list[tuple[float, float]]]:
     """Kept connections on both sides at once, then `pairs` alternating rounds."""
-    import asyncssh
-
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    options = asyncssh.SSHClientConnectionOptions(
-        username=user, known_hosts=asyncssh.read_known_hosts(str(known)),
-        client_keys=[asyncssh.read_private_key(str(key))], agent_path=None, config=[])
-    limit = asyncio.Semaphore(128)
-
-    async def connect(host: str) -> asyncssh.SSHClientConnection:
-        async with limit:
-            return await asyncssh.connect(host, port, options=options)
-
-    async def run(conn: asyncssh.SSHClientConnection) -> bool:
-        async with limit:
-            return (await conn.run(command, check=False)).exit_status == 0
-
-    async def run_all(conns: list[asyncssh.SSHClientConnection]) -> int:
-        return sum(await asyncio.gather(*(run(c) for c in conns)))
-
+    client = _Asyncssh(port, user, key, known, command)
     found: dict[str, list[tuple[float, float]]] = {"fleetexec": [], "asyncssh": []}
     with fleetexec.FleetSession(selected, system_known_hosts=False) as session:
         assert ok_count(session.run(command)) == len(selected)  # noqa: S101
-        async def connect_all() -> list[asyncssh.SSHClientConnection]:
-            return list(await asyncio.gather(*(connect(h) for h in hosts)))
-
-        conns = loop.run_until_complete(connect_all())
-        loop.run_until_complete(run_all(conns))
+        conns = loop.run_until_complete(client.connect_all(hosts))
+        loop.run_until_complete(client.run_all(conns))
         steps = {"fleetexec": lambda: ok_count(session.run(command)),
-                 "asyncssh": lambda: loop.run_until_complete(run_all(conns))}
+                 "asyncssh": lambda: loop.run_until_complete(client.run_all(conns))}
         for round_ in range(pairs):
             for name in (("fleetexec", "asyncssh") if round_ % 2 == 0
                          else ("asyncssh", "fleetexec")):
