@@ -8,14 +8,13 @@ FLEETEXEC_REQUIRE_SSHD=1, which turns "sshd missing" from a skip into a failure.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetexec import Host
-from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
+from fleetexec.testing.sshd import OpenSSHServer, addresses, require_sshd
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +33,7 @@ def isolated_home(
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[OpenSSHServer]:
     """A real OpenSSH sshd on an ephemeral port, serving every 127.x.y.z address."""
-    available, reason = is_available()
-    if not available:
-        if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
-            pytest.fail(f"FLEETEXEC_REQUIRE_SSHD=1 but sshd is unusable: {reason}")
-        pytest.skip(f"real sshd tests need OpenSSH sshd as root: {reason}")
+    require_sshd()
     with OpenSSHServer() as server:
         yield server
 

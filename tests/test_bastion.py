@@ -25,7 +25,7 @@ import fleetexec
 from fleetexec import ConfigError, Host, Options, Status
 from fleetexec.resolve import explain, resolve
 from fleetexec.testing.faults import FaultServer
-from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
+from fleetexec.testing.sshd import OpenSSHServer, addresses, require_sshd
 
 # ---- resolution: which bastions a host goes through, and why (no network) --------------------
 
@@ -275,13 +275,7 @@ class Dmz:
 
 @pytest.fixture(scope="module")
 def dmz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dmz]:
-    usable, why = is_available()
-    if usable and shutil.which("ip") is None:
-        usable, why = False, "needs iproute2's `ip` for a network namespace"
-    if not usable:
-        if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
-            pytest.fail(f"FLEETEXEC_REQUIRE_SSHD=1 but the bastion tests cannot run: {why}")
-        pytest.skip(f"bastion tests need root, sshd and ip: {why}")
+    require_sshd("" if shutil.which("ip") else "the bastion tests need iproute2's `ip`")
     with Dmz(tmp_path_factory.mktemp("dmz")) as made:
         yield made
 

@@ -642,13 +642,9 @@ def test_an_rsa_entry_listed_first_does_not_make_the_server_sign_with_rsa(
     from fleetexec.ssh.connect import connect
     from fleetexec.ssh.session import WorkerContext
     from fleetexec.ssh.transport import close_client
-    from fleetexec.testing.sshd import is_available
+    from fleetexec.testing.sshd import require_sshd
 
-    usable, why = is_available()
-    if not usable:
-        if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+    require_sshd()
     rsa = rsa_module.generate_private_key(public_exponent=65537, key_size=2048)
     rsa_path = tmp_path / "ssh_host_rsa_key"
     rsa_path.write_bytes(rsa.private_bytes(serialization.Encoding.PEM,

@@ -26,7 +26,7 @@ from fleetexec.cli import main
 from fleetexec.inventory import load_inventory
 from fleetexec.ssh import sftp_common
 from fleetexec.testing import MockFleet, ScriptedBackend
-from fleetexec.testing.sshd import OpenSSHServer, addresses, is_available
+from fleetexec.testing.sshd import OpenSSHServer, addresses, require_sshd
 from fleetexec.transfer import (
     Transfer,
     check_remote_name,
@@ -348,11 +348,7 @@ def test_put_and_get_reuse_a_session_s_kept_connections(sshd, tmp_path):
 @pytest.fixture(scope="module")
 def read_only_sshd() -> Iterator[OpenSSHServer]:
     """An sshd whose host 127.0.9.2 gets a read-only SFTP server (all others read-write)."""
-    available, reason = is_available()
-    if not available:
-        if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
-            pytest.fail(f"FLEETEXEC_REQUIRE_SSHD=1 but sshd is unusable: {reason}")
-        pytest.skip(reason)
+    require_sshd()
     with OpenSSHServer(extra_config=["Match LocalAddress 127.0.9.2",
                                      "ForceCommand internal-sftp -R"]) as server:
         yield server

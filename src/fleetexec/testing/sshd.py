@@ -13,9 +13,9 @@ logins from anywhere else. Connect to 127.x addresses only.
     ...     hosts = addresses(3)                # 127.0.1.1 .. 127.0.1.3
     ...     sshd.write_inventory(tmp / "inv.yaml", hosts)
 
-Skipping: call `is_available()` and skip with its reason. The project's
-conftest turns those skips into failures when ``FLEETEXEC_REQUIRE_SSHD=1``
-is set, so CI that must exercise real OpenSSH cannot pass by skipping.
+Skipping: call `require_sshd()` in a test or fixture: it skips with the reason
+`is_available()` gives, or fails when ``FLEETEXEC_REQUIRE_SSHD=1`` is set, so CI
+that must exercise real OpenSSH cannot pass by skipping.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from types import TracebackType
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["OpenSSHServer", "SSHDError", "addresses", "is_available"]
+__all__ = ["OpenSSHServer", "SSHDError", "addresses", "is_available", "require_sshd"]
 
 SSHD = "/usr/sbin/sshd"  # absolute: sshd re-executes itself and insists on it
 StrPath = str | os.PathLike[str]
@@ -62,6 +62,22 @@ def is_available(sshd: str = SSHD) -> tuple[bool, str]:
     except KeyError:
         return False, "the privilege separation user 'sshd' does not exist"
     return True, ""
+
+
+def require_sshd(missing: str = "") -> None:
+    """In a test: skip it when a real sshd cannot run here (or `missing` names another
+    need that is not met), but fail it under ``FLEETEXEC_REQUIRE_SSHD=1``, where CI must
+    not pass by skipping."""
+    usable, why = is_available()
+    if usable and missing:
+        usable, why = False, missing
+    if usable:
+        return
+    import pytest  # only tests call this
+
+    if os.environ.get("FLEETEXEC_REQUIRE_SSHD") == "1":
+        pytest.fail(f"FLEETEXEC_REQUIRE_SSHD=1 but sshd tests cannot run: {why}")
+    pytest.skip(f"real sshd tests need OpenSSH sshd as root: {why}")
 
 
 def addresses(n: int, base: str = "127.0.1.1") -> list[str]:
