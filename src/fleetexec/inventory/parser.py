@@ -217,9 +217,11 @@ class _Parser:
         if name == "proxy_jump":
             text = self.text(node, key, "jump hosts, [user@]host[:port][,...]")
             try:
-                return text if text.lower() == "none" else (parse_jump(text) and text)
+                if text.lower() != "none":
+                    parse_jump(text)  # checked here, to name the line
             except ValueError:
                 self.fail(at, key, _got("jump hosts, [user@]host[:port][,...] or none", node))
+            return text
         if name == "key_files" and isinstance(node, SequenceNode):
             return tuple(self.file(item, f"{key}[{i}]") for i, item in enumerate(node.value))
         path = self.file(node, key)
