@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
@@ -287,6 +289,23 @@ def test_a_session_thread_keeps_no_finished_result_alive(monkeypatch: pytest.Mon
 # ---- starting a command without waiting in between ------------------------------------------
 
 
+class _Packetizer:
+    """Records which messages went out in one write (`corked`)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.corked_now = False
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        self.corked_now = True
+        try:
+            yield
+        finally:
+            self.corked_now = False
+            self.writes += 1
+
+
 class StartTransport:
     """What `Opening` uses of a transport; `clear` is False during a key exchange."""
 
@@ -295,9 +314,13 @@ class StartTransport:
         if clear:
             self.clear_to_send.set()
         self.clear_to_send_lock = threading.Lock()
+        self.clear_to_send_timeout = WAIT
+        self.active = True
+        self.packetizer = _Packetizer()
         self.saved_exception: Exception | None = None
-        self.sent: list[tuple[str, int]] = []  # (how, message type)
+        self.sent: list[tuple[str, int]] = []  # (thread, message type)
         self.done = threading.Event()
+        self.main = threading.current_thread()
 
     def get_log_channel(self) -> str:
         return "test"
@@ -306,11 +329,9 @@ class StartTransport:
         return size
 
     def _send_message(self, message: object) -> None:
-        self.sent.append(("transport thread", message.asbytes()[0]))  # type: ignore[attr-defined]
-
-    def _send_user_message(self, message: object) -> None:
-        assert self.clear_to_send.wait(WAIT)
-        self.sent.append(("helper", message.asbytes()[0]))  # type: ignore[attr-defined]
+        assert self.packetizer.corked_now and self.clear_to_send.is_set()
+        sender = "transport thread" if threading.current_thread() is self.main else "helper"
+        self.sent.append((sender, message.asbytes()[0]))  # type: ignore[attr-defined]
         if len(self.sent) == 2:
             self.done.set()
 
@@ -339,6 +360,7 @@ def test_the_transport_thread_sends_exec_and_eof_once_the_channel_is_confirmed()
     assert opening.state == "sent"  # type: ignore[attr-defined]
     assert transport.sent == [("transport thread", MSG_CHANNEL_REQUEST),
                               ("transport thread", MSG_CHANNEL_EOF)]
+    assert transport.packetizer.writes == 1  # both in one write
     assert channel.eof_sent and not channel.closed  # type: ignore[attr-defined]
 
 

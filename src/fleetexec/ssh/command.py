@@ -14,7 +14,7 @@ from ..host import Host
 from ..results import HostResult, Status
 from .drain import BULK_READERS, WINDOW_START, Capped, drain, install_pipes
 from .failure import StaleConnection
-from .start import Opening, exec_request, open_and_exec
+from .start import Opening, open_and_exec, send_exec
 from .sudo import SudoGate
 from .transport import FleetTransport
 
@@ -49,10 +49,11 @@ def exec_and_drain(
                                                           timeout=timeout or None)
                 install_pipes(channel, live=out.listener is not None)
                 if sudo is None:
-                    transport._send_user_message(exec_request(channel, command))  # type: ignore[attr-defined]
-                    _send_stdin(channel, stdin)
+                    send_exec(transport, channel, command, eof=not stdin)
+                    if stdin:
+                        _send_stdin(channel, stdin)
                 else:  # stdin waits until sudo has asked for the password or is done
-                    transport._send_user_message(exec_request(channel, sudo.wrap(command)))  # type: ignore[attr-defined]
+                    send_exec(transport, channel, sudo.wrap(command), eof=False)
                     sudo.attach(channel, lambda: _send_stdin(channel, stdin))
         except Exception as error:
             if alarm is not None and alarm.fired:

@@ -86,11 +86,9 @@ class EarlyChannel:
         self.state = state  # pending, open, refused; taken (handed out) or abandoned
 
 
-def send_channel_open(fleet: FleetTransport, register: Callable[[EarlyChannel], None]
-                      ) -> EarlyChannel:
-    """Send CHANNEL_OPEN session now, as `Transport.open_channel` would, without waiting
-    for the answer. `register` gets the channel (its sequence number known) before it
-    is sent, so the transport's handlers know it when the answer comes."""
+def new_early_channel(fleet: FleetTransport) -> tuple[EarlyChannel, Message]:
+    """A session channel registered as `Transport.open_channel` registers one, and its
+    CHANNEL_OPEN, not sent yet (`send_early` sends it)."""
     transport: Any = fleet  # paramiko's private parts, which its type stubs leave out
     window = WINDOW_START  # as the drain's flow control expects of any session channel
     packet = transport._sanitize_packet_size(None)  # noqa: SLF001
@@ -108,14 +106,24 @@ def send_channel_open(fleet: FleetTransport, register: Callable[[EarlyChannel], 
         transport.channels_seen[chanid] = True
         chan._set_transport(transport)  # type: ignore[attr-defined]  # noqa: SLF001
         chan._set_window(window, packet)  # type: ignore[attr-defined]  # noqa: SLF001
-    early = EarlyChannel(chan, -1, event)
+    return EarlyChannel(chan, -1, event), m
 
+
+def send_early(fleet: FleetTransport, early: EarlyChannel, m: Message,
+               register: Callable[[EarlyChannel], None]) -> None:
+    """Send `early`'s CHANNEL_OPEN now, without waiting for the answer. `register` gets
+    the channel (its sequence number known) before it is sent, so the transport's
+    handlers know it when the answer comes; a channel that could not be sent is
+    forgotten."""
     def numbered(seqno: int) -> None:
         early.seqno = seqno
         register(early)
 
-    send_numbered(fleet, m, numbered)
-    return early
+    if not send_numbered(fleet, m, numbered):
+        transport: Any = fleet
+        with transport.lock:
+            transport._channels.delete(early.chanid)  # noqa: SLF001
+            transport.channel_events.pop(early.chanid, None)
 
 
 def send_numbered(fleet: FleetTransport, m: Message,
@@ -124,6 +132,14 @@ def send_numbered(fleet: FleetTransport, m: Message,
     number just before it goes. False if the connection died first."""
     transport: Any = fleet
     packetizer = transport.packetizer
+    if packetizer.corked_here():
+        # The write lock is ours: a key exchange that starts now sends its KEXINIT after
+        # this message, which is allowed; one that started before has cleared the flag.
+        if not transport.active or not transport.clear_to_send.is_set():
+            return False
+        numbered(getattr(packetizer, _SEQ_OUT))
+        transport._send_message(m)  # noqa: SLF001
+        return True
     deadline = time.monotonic() + transport.clear_to_send_timeout
     while True:
         transport.clear_to_send.wait(0.1)
@@ -144,7 +160,7 @@ class PipelinedAuth(AuthHandler):
 
     One SERVICE_REQUEST per connection, sent together with the first user-auth
     request (the SERVICE_ACCEPT is merely noted); each request is followed at once
-    by the early session channel (`FleetTransport.open_early`), then answered as
+    by the early session channel (`FleetTransport.new_early`), then answered as
     paramiko's handler answers it.
     """
 
@@ -178,7 +194,8 @@ class PipelinedAuth(AuthHandler):
         self.auth_method, self.username = method, username
         self.auth_event = event = threading.Event()
         transport: Any = self.transport
-        with transport.lock:
+        early = transport.new_early()  # allocated first: its lock is never taken inside
+        with transport.packetizer.corked():  # one write for the flight, in order
             if not self.service_requested:
                 request = Message()
                 request.add_byte(cMSG_SERVICE_REQUEST)
@@ -186,7 +203,8 @@ class PipelinedAuth(AuthHandler):
                 transport._send_message(request)
                 self.service_requested = True
             transport._send_message(m)
-        transport.open_early()
+            if early is not None:
+                transport.send_early(*early)
         result: list[str] = self.wait_for_response(event)
         return result
 

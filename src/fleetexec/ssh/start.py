@@ -17,6 +17,7 @@ thread instead, as soon as the connection is clear to send.
 from __future__ import annotations
 
 import threading
+import time
 
 from paramiko.channel import Channel
 from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST
@@ -26,7 +27,7 @@ from paramiko.ssh_exception import SSHException
 from .drain import WINDOW_START, install_pipes
 from .transport import FleetTransport
 
-__all__ = ["Opening", "exec_request", "open_and_exec"]
+__all__ = ["Opening", "exec_request", "open_and_exec", "send_exec"]
 
 
 def exec_request(channel: Channel, command: str) -> Message:
@@ -74,28 +75,52 @@ class Opening(threading.Event):
 
     def _send(self, blocking: bool) -> bool:
         """exec, then EOF (no input), if the connection is clear to send; False if not."""
-        transport, channel = self.transport, self.channel
         try:
-            if not blocking:
-                lock = transport.clear_to_send_lock
-                if not lock.acquire(blocking=False):
-                    return False
-                try:
-                    if not transport.clear_to_send.is_set():
-                        return False
-                    transport._send_message(exec_request(channel, self.command))
-                    with channel.lock:
-                        eof = channel._send_eof()  # type: ignore[attr-defined]
-                    if eof is not None:
-                        transport._send_message(eof)
-                finally:
-                    lock.release()
-                return True
-            transport._send_user_message(exec_request(channel, self.command))  # type: ignore[attr-defined]
-            channel.shutdown_write()
+            return send_exec(self.transport, self.channel, self.command, eof=True,
+                             wait=blocking)
         except (OSError, EOFError, SSHException):
-            pass  # the connection died: the drain ends, and the result says so
-        return True
+            return True  # the connection died: the drain ends, and the result says so
+
+
+def send_exec(transport: FleetTransport, channel: Channel, command: str, eof: bool,
+              wait: bool = True) -> bool:
+    """Send the exec request for `command` and, with `eof`, end of input, in one write.
+
+    As paramiko's `_send_user_message`, it waits while a key exchange runs (`wait`);
+    without `wait` it sends nothing and returns False unless the connection is clear
+    to send now (the transport's own thread must never wait for that). Raises
+    `SSHException` if the channel is not open.
+    """
+    lock, clear = transport.clear_to_send_lock, transport.clear_to_send
+    if not wait:
+        if not lock.acquire(blocking=False):
+            return False
+        if not clear.is_set():
+            lock.release()
+            return False
+    else:
+        deadline = time.monotonic() + transport.clear_to_send_timeout
+        while True:
+            clear.wait(0.1)
+            if not transport.active:  # type: ignore[attr-defined]
+                raise EOFError("connection closed")
+            lock.acquire()
+            if clear.is_set():
+                break
+            lock.release()
+            if time.monotonic() > deadline:
+                raise SSHException("Key-exchange timed out waiting for key negotiation")
+    try:
+        with transport.packetizer.corked():
+            transport._send_message(exec_request(channel, command))
+            if eof:
+                with channel.lock:
+                    message = channel._send_eof()  # type: ignore[attr-defined]
+                if message is not None:
+                    transport._send_message(message)
+    finally:
+        lock.release()
+    return True
 
 
 def open_and_exec(transport: FleetTransport, command: str, live: bool) -> tuple[Channel, Opening]:

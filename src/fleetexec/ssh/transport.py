@@ -18,11 +18,12 @@ which `open_session` hands out once the server confirmed it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import paramiko
@@ -36,11 +37,17 @@ from paramiko.common import (
     cMSG_GLOBAL_REQUEST,
 )
 from paramiko.message import Message
-from paramiko.packet import Packetizer
+from paramiko.packet import NeedRekeyException, Packetizer
 from paramiko.ssh_exception import BadAuthenticationType, SSHException
 
 from .banner import ClosedBeforeBanner, read_ahead
-from .pipeline import EarlyChannel, PipelinedAuth, early_channel_welcome, send_channel_open
+from .pipeline import (
+    EarlyChannel,
+    PipelinedAuth,
+    early_channel_welcome,
+    new_early_channel,
+    send_early,
+)
 
 __all__ = ["FleetTransport", "close_client", "hang_up"]
 
@@ -50,6 +57,11 @@ __all__ = ["FleetTransport", "close_client", "hang_up"]
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _WINDOW = 1024 * 1024
+_READ_AHEAD = 64 * 1024
+# paramiko's Packetizer keeps these name-mangled.
+_REMAINDER, _SOCKET = "_Packetizer__remainder", "_Packetizer__socket"
+_CLOSED, _NEED_REKEY = "_Packetizer__closed", "_Packetizer__need_rekey"
+_WRITE_LOCK = "_Packetizer__write_lock"
 # The messages that name the server's channel right after their type byte (RFC 4254).
 _CHANNEL_MESSAGES = (MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_FAILURE)
 
@@ -108,6 +120,97 @@ class _Packetizer(Packetizer):
         if self._handshake_deadline is not None:
             self._handshake_done = True
 
+    # Reading: paramiko asks the socket for exactly the bytes it needs next, twice per
+    # packet (the first block, then the rest), and each `recv` on a socket with a
+    # timeout is a poll and a read, each letting the GIL go. A server's flight of a
+    # dozen packets cost ~50 system calls and as many GIL hand-offs; read ahead, it
+    # costs one or two. What is read past a packet waits here for the next read.
+    _ahead = b""
+    _ahead_at = 0
+
+    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
+        banner_rest = getattr(self, _REMAINDER)
+        if banner_rest:  # bytes read with the banner line (see banner.give_back)
+            setattr(self, _REMAINDER, b"")
+            self._ahead, self._ahead_at = banner_rest + self._ahead[self._ahead_at:], 0
+        ahead, at = self._ahead, self._ahead_at
+        if at + n <= len(ahead):
+            self._ahead_at = at + n
+            return ahead[at:at + n]
+        out = ahead[at:]
+        self._ahead, self._ahead_at = b"", 0
+        sock = getattr(self, _SOCKET)
+        while len(out) < n:
+            if self.handshake_timed_out():
+                raise EOFError()
+            try:
+                got = sock.recv(max(n - len(out), _READ_AHEAD))
+            except TimeoutError:
+                if getattr(self, _CLOSED):
+                    raise EOFError() from None
+                if check_rekey and not out and getattr(self, _NEED_REKEY):
+                    raise NeedRekeyException() from None
+                self._check_keepalive()  # type: ignore[attr-defined]
+                continue
+            except OSError as error:
+                if error.errno == errno.EAGAIN:
+                    continue
+                if getattr(self, _CLOSED):
+                    raise EOFError() from None
+                raise
+            if not got:
+                raise EOFError()
+            want = n - len(out)
+            if len(got) > want:
+                self._ahead, self._ahead_at = got, want
+                got = got[:want]
+            out += got
+        return out
+
+    # Writing: one write per flight, not one per packet. Messages sent together
+    # (`corked`) go out in one `send` (each is a poll and a send, each letting the GIL go).
+    # Not by file descriptor (`os.write`, which would skip the poll): paramiko closes a
+    # transport's socket from whichever thread closes it, and a write by number after
+    # that lands in whatever connection got the number next (seen in the 1000-host soak
+    # test: another host's sshd read our bytes as its client's banner).
+    _corked: list[bytes] | None = None
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Send what is sent inside in one write at the end (holding the write lock, so
+        the packets stay in sequence order)."""
+        with getattr(self, _WRITE_LOCK):
+            if self._corked is not None:  # nested: the outer one writes
+                yield
+                return
+            self.hold()
+            try:
+                yield
+            finally:
+                self.release()
+
+    def corked_here(self) -> bool:
+        """Whether this thread is inside `corked` (it holds the write lock)."""
+        return self._corked is not None and getattr(self, _WRITE_LOCK)._is_owned()
+
+    def hold(self) -> None:
+        """Keep what is written from now on until `release` (the caller makes sure no
+        other thread writes meanwhile: `corked`, or before the transport's thread runs)."""
+        self._corked = []
+
+    def release(self) -> None:
+        """Write what `hold` kept, in one write."""
+        pending = self._corked
+        self._corked = None
+        if pending:
+            super().write_all(b"".join(pending))
+
+    def write_all(self, out: bytes) -> None:  # type: ignore[override]
+        if self._corked is not None:
+            self._corked.append(out)
+            return
+        super().write_all(out)
+
 
 def _kex_order(available: Sequence[str]) -> tuple[str, ...]:
     """paramiko's key exchanges (those its cryptography supports), cheapest secure first."""
@@ -154,6 +257,7 @@ class FleetTransport(paramiko.Transport):
     # paramiko's 0.1 s wakes every idle connection ten times a second. Our
     # closes shut the socket down first, which wakes the thread at once.
     _active_check_timeout = 1.0
+    packetizer: _Packetizer
     _preferred_kex = _kex_order(paramiko.Transport._preferred_kex)  # type: ignore[attr-defined]
     _preferred_ciphers = (
         "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
@@ -196,6 +300,11 @@ class FleetTransport(paramiko.Transport):
         self._handler_table[MSG_UNIMPLEMENTED] = self._parse_unimplemented  # type: ignore[attr-defined]
 
     # -- banner and KEXINIT ------------------------------------------------------------
+    def start_client(self, event: threading.Event | None = None,
+                     timeout: float | None = None) -> None:
+        self.packetizer.hold()  # run() writes our banner first: it goes with our KEXINIT
+        super().start_client(event, timeout)
+
     def _check_banner(self) -> None:
         if self.server_mode:
             super()._check_banner()  # type: ignore[misc]
@@ -208,6 +317,9 @@ class FleetTransport(paramiko.Transport):
             self._kexinit_sent = self._kexinit_skip = True
         except (EOFError, OSError):
             pass  # the server is gone already: the read below tells how
+        finally:
+            with contextlib.suppress(EOFError, OSError):
+                self.packetizer.release()  # our banner (held by start_client) and KEXINIT
         read_ahead(self.packetizer, self.banner_timeout)
         super()._check_banner()  # type: ignore[misc]  # parses what read_ahead gave back
         self.banner_received = True
@@ -269,11 +381,17 @@ class FleetTransport(paramiko.Transport):
         return self._pipelined_auth().auth_interactive(username, handler, submethods)
 
     # -- the session channel opened behind the user-auth request -------------------------
-    def open_early(self) -> None:
-        """Ask for a session channel now, behind the user-auth request just sent (one per
-        request: a channel asked for before a rejection is refused)."""
+    def new_early(self) -> tuple[EarlyChannel, Message] | None:
+        """A session channel to ask for behind the user-auth request about to be sent (one
+        per request: a channel asked for before a rejection is refused), and its
+        CHANNEL_OPEN for `send_early`; None when the server gets none."""
         if self.early_channel and self.active:  # type: ignore[attr-defined]
-            send_channel_open(self, self._early.append)
+            return new_early_channel(self)
+        return None
+
+    def send_early(self, early: EarlyChannel, message: Message) -> None:
+        """Send the CHANNEL_OPEN of `new_early`'s channel now, without waiting."""
+        send_early(self, early, message, self._early.append)
 
     def open_session(self, window_size: int | None = None, max_packet_size: int | None = None,
                      timeout: float | None = None) -> Channel:
