@@ -128,3 +128,109 @@ def test_real_connections_start_no_timer_thread_and_still_run(
         (fleetexec.Status.OK, b"ok\n")] * 2
     assert "Timer" not in started
     assert started.count("FleetTransport") == 2  # one transport thread per host, as before
+
+
+class _CountingSocket:
+    """A socket end that counts the reads and writes the packetizer makes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.recvs, self.sends = sock, 0, 0
+
+    def recv(self, n: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(n)
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+
+def _plain_packets(count: int) -> bytes:
+    """`count` unencrypted SSH packets (IGNORE messages), as a server sends them before
+    the first key exchange."""
+    from paramiko.message import Message
+
+    out = b""
+    with socket.socket() as unused:
+        writer = _Packetizer(unused)
+        for i in range(count):
+            m = Message()
+            m.add_byte(bytes([2]))  # MSG_IGNORE
+            m.add_string(f"packet {i}" * (i + 1))
+            out += writer._build_packet(m.asbytes())  # type: ignore[attr-defined]
+    return out
+
+
+def test_a_flight_of_packets_is_read_with_one_recv(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    from fleetexec.ssh.banner import give_back
+
+    client, server = pair
+    counting = _CountingSocket(client)
+    packetizer = _Packetizer(counting)  # type: ignore[arg-type]
+    flight = _plain_packets(5)
+    give_back(packetizer, flight[:7])  # as the banner's reading hands back what followed it
+    server.sendall(flight[7:])
+    bodies = [packetizer.read_message()[1].get_text() for _ in range(5)]
+    assert bodies == [f"packet {i}" * (i + 1) for i in range(5)]  # in order, nothing lost
+    assert counting.recvs == 1  # paramiko made two per packet: ten
+    server.sendall(flight[:20])  # a packet split across reads still comes whole
+    threading.Timer(0.2, lambda: server.sendall(flight[20:])).start()
+    assert packetizer.read_message()[1].get_text() == "packet 0"
+
+
+def test_messages_sent_corked_go_out_in_one_write(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    from paramiko.message import Message
+
+    client, server = pair
+    counting = _CountingSocket(client)
+    packetizer = _Packetizer(counting)  # type: ignore[arg-type]
+    with packetizer.corked():
+        for text in ("one", "two", "three"):
+            m = Message()
+            m.add_byte(bytes([2]))
+            m.add_string(text)
+            packetizer.send_message(m)
+        with packetizer.corked():  # nested: still the outer one's single write
+            packetizer.send_message(m)
+        assert counting.sends == 0
+    assert counting.sends == 1
+    reader = _Packetizer(server)
+    assert [reader.read_message()[1].get_text() for _ in range(4)] == [
+        "one", "two", "three", "three"]
+
+
+def test_the_channel_opened_behind_the_auth_gets_the_default_window_for_sftp(
+        sshd: OpenSSHServer, tmp_path: Path) -> None:
+    # It is opened with the small window of a command; SFTP reads a file with the window
+    # of a channel opened for it (a 32 KiB one would cap a download at 32 KiB per RTT).
+    import time
+
+    from fleetexec.options import Options
+    from fleetexec.resolve import resolve
+    from fleetexec.ssh.connect import connect
+    from fleetexec.ssh.session import WorkerContext
+    from fleetexec.ssh.transport import close_client
+
+    inventory = sshd.write_inventory(tmp_path / "inventory.yaml", ["127.0.1.3"])
+    options = Options(system_known_hosts=False, use_agent=False, connect_timeout=20)
+    host, = resolve(list(fleetexec.load_inventory(inventory).select()), options)
+    context = WorkerContext(options)
+    client = connect(host, context, time.monotonic())
+    try:
+        transport = client.get_transport()
+        assert isinstance(transport, FleetTransport) and transport.early_channel
+        channel = transport.open_session(timeout=10)
+        assert channel.chanid == 0  # the early one, not a second channel
+        assert channel.in_window_size == transport.default_window_size
+        channel.invoke_subsystem("sftp")
+        sftp = paramiko.SFTPClient(channel)
+        assert sftp.normalize(".")  # the server answers on it
+        sftp.close()
+    finally:
+        close_client(client)
+        context.close_connections()

@@ -34,6 +34,7 @@ from paramiko.common import (
     MSG_CHANNEL_REQUEST,
     MSG_CHANNEL_WINDOW_ADJUST,
     MSG_UNIMPLEMENTED,
+    cMSG_CHANNEL_WINDOW_ADJUST,
     cMSG_GLOBAL_REQUEST,
 )
 from paramiko.message import Message
@@ -397,13 +398,15 @@ class FleetTransport(paramiko.Transport):
                      timeout: float | None = None) -> Channel:
         if window_size is None and max_packet_size is None:
             chan = self._take_early(self.channel_timeout if timeout is None else timeout)
-            if chan is not None:
+            if chan is not None:  # with the window this caller expects (SFTP reads with it)
+                _widen_window(self, chan, self.default_window_size)
                 return chan
         return super().open_session(window_size, max_packet_size, timeout)
 
     def early_session(self, timeout: float) -> Channel | None:
         """The session channel opened behind the user-auth requests, once the server
-        confirmed it; None if there is none (a kept connection) or it was refused."""
+        confirmed it; None if there is none (a kept connection) or the server refused or
+        closed it."""
         return self._take_early(timeout)
 
     def _take_early(self, timeout: float) -> Channel | None:
@@ -419,7 +422,10 @@ class FleetTransport(paramiko.Transport):
                 return None
         for other in waiting[:-1]:
             self._abandon(other)
-        if newest.state != "open":
+        # Those answered are forgotten: only what may still be answered is looked up.
+        self._early = [e for e in self._early if e.state in ("pending", "abandoned")
+                       and e is not newest]
+        if newest.state != "open" or newest.chan.closed:  # refused, or closed while idle
             return None
         newest.state = "taken"
         return newest.chan
@@ -455,6 +461,7 @@ class FleetTransport(paramiko.Transport):
         if early is not None:
             early.event.set()
             if early.state == "abandoned":  # asked for before a rejection, opened anyway
+                early.state = "closed"
                 with contextlib.suppress(Exception):
                     early.chan.close()
 
@@ -573,6 +580,19 @@ class FleetTransport(paramiko.Transport):
     def _parse_request_failure(self, m: Message) -> None:
         self._alive_unanswered = 0  # "request failed" is an answer too
         super()._parse_request_failure(m)  # type: ignore[misc]
+
+
+def _widen_window(transport: FleetTransport, chan: Channel, size: int) -> None:
+    """Grant the server a window of `size` on `chan` (opened with a smaller one)."""
+    more = size - chan.in_window_size
+    if more <= 0:
+        return
+    chan.in_window_size, chan.in_window_threshold = size, size // 10
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+    message.add_int(chan.remote_chanid)
+    message.add_int(more)
+    transport._send_user_message(message)  # type: ignore[attr-defined]
 
 
 def _one_answer(answer: str) -> Callable[..., list[str]]:
