@@ -10,8 +10,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from tabulate import tabulate
-
 from ..host import Host
 from ..hostrange import fold
 from ..results import FleetResult, HostResult, Status
@@ -64,8 +62,12 @@ def _excerpt(r: HostResult, width: int) -> str:
 
 
 def _tabulate(rows: list[list[str]], headers: list[str]) -> str:
-    # disable_numparse: cells are shown as given (left-aligned, never reformatted
-    # as numbers); trailing blanks of an empty last cell are dropped.
+    # Imported here: tabulate imports importlib.metadata (~30 ms), which a run printing
+    # JSON or lines never needs. disable_numparse: cells are shown as given
+    # (left-aligned, never reformatted as numbers); trailing blanks of an empty last
+    # cell are dropped.
+    from tabulate import tabulate
+
     text = tabulate(rows, headers=headers, tablefmt=_TABLE_FORMAT, disable_numparse=True)
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
