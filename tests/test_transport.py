@@ -234,3 +234,23 @@ def test_the_channel_opened_behind_the_auth_gets_the_default_window_for_sftp(
     finally:
         close_client(client)
         context.close_connections()
+
+
+def test_padding_of_encrypted_packets_is_random_and_framed_as_paramikos() -> None:
+    with socket.socket() as unused:
+        ours, theirs = _Packetizer(unused), Packetizer(unused)
+        for packetizer in (ours, theirs):  # as after NEWKEYS with aes128-gcm
+            packetizer._Packetizer__block_engine_out = object()  # type: ignore[attr-defined]
+            packetizer._Packetizer__block_size_out = 16  # type: ignore[attr-defined]
+            packetizer._Packetizer__aead_out = True  # type: ignore[attr-defined]
+        payloads = [b"x" * size for size in (1, 15, 16, 17, 300)] * 40
+        built = [ours._build_packet(p) for p in payloads]  # type: ignore[attr-defined]
+        for payload, packet in zip(payloads, built, strict=True):
+            reference = theirs._build_packet(payload)  # type: ignore[attr-defined]
+            padding = packet[4]
+            assert len(packet) == len(reference) and packet[:5] == reference[:5]
+            assert packet[5:5 + len(payload)] == payload
+            assert 4 <= padding == len(packet) - 5 - len(payload)
+        tails = {packet[5 + len(payload):] for payload, packet in zip(payloads, built,
+                                                                      strict=True)}
+        assert len(tails) == len(built)  # 200 paddings, no two alike: not zeros, not reused
