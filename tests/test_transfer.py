@@ -445,3 +445,18 @@ def test_a_connection_lost_mid_transfer_is_connection_lost_and_leaves_the_real_n
                             ".fleetexec-*.part file may remain)")
     assert (remote / "big").read_bytes() == b"old"
     assert "big" in leftovers and all(n == "big" or n.endswith(".part") for n in leftovers)
+
+
+def test_a_write_finding_the_connection_dead_first_is_connection_lost() -> None:
+    # Under load the session's write can fail (EOFError) before the transport's own thread
+    # has seen the connection end; that is still a lost connection, not a failed put.
+    from fleetexec.ssh.transfer import _Attempt
+
+    class StillActive:
+        def is_active(self) -> bool:
+            return True
+
+    attempt = _Attempt(Host("h1"), Transfer("put", ("f",), "/tmp/"), None,  # type: ignore[arg-type]
+                       0.0, time.monotonic())
+    result = attempt._failed(EOFError(), StillActive(), None, 0.0)  # type: ignore[arg-type]
+    assert result.status is Status.CONNECTION_LOST, result

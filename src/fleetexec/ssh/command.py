@@ -58,7 +58,7 @@ def exec_and_drain(
         except Exception as error:
             if alarm is not None and alarm.fired:
                 return finish(Status.TIMEOUT, f"command did not start within {timeout:g}s")
-            if not transport.is_active():
+            if not transport.is_active() or isinstance(error, EOFError):  # a write found it dead
                 raise StaleConnection() from None
             return finish(Status.PROTOCOL_ERROR, f"server refused the command channel: {error}")
         drain(channel, out, err if sudo is None else sudo, context.bulk_readers)

@@ -115,7 +115,8 @@ class _Attempt:
         if alarm is not None and alarm.fired:
             return self.finish(Status.TIMEOUT, f"{self.transfer.direction} did not finish "
                                f"within {timeout:g}s ({self._done()}{leftover})")
-        if not transport.is_active():
+        # EOFError: a write found the connection dead before the transport's thread did.
+        if not transport.is_active() or isinstance(error, EOFError):
             return self.finish(Status.CONNECTION_LOST, "connection lost during the "
                                f"{self.transfer.direction} ({self._done()}{leftover})")
         if isinstance(error, FileError):
