@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,7 @@ from fleetexec.ssh.drain import (
     ChunkPipe,
     install_pipes,
 )
+from fleetexec.ssh.pacing import Turn
 
 PACKET = 32 * 1024
 WAIT = 30  # seconds: a generous bound for a thread to finish, never a measured time
@@ -284,6 +286,73 @@ def test_a_session_thread_keeps_no_finished_result_alive(monkeypatch: pytest.Mon
     assert sys.getrefcount(result) == 2  # ours and getrefcount's: the thread let it go
     go.set()
     runner.stop()
+
+
+class _Blocking:
+    """A fake `run_on_host` whose hosts block until `go` is set, counting them."""
+
+    def __init__(self, release_slot: bool) -> None:
+        self.release_slot = release_slot  # as a real connect does once the banner came
+        self.go = threading.Event()
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.threads: set[int] = set()
+
+    def __call__(self, host: Host, *args: object, turn: Turn, **kwargs: object) -> HostResult:
+        if self.release_slot:
+            turn.release()
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(threading.get_ident())
+        self.go.wait(WAIT)
+        with self.lock:
+            self.running -= 1
+        return HostResult(host.name, Status.OK)
+
+    def wait_running(self, count: int) -> None:
+        deadline = time.monotonic() + WAIT
+        while self.running != count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # room for a wrong extra one to start
+
+
+def _ten_hosts(monkeypatch: pytest.MonkeyPatch, fake: _Blocking, threads: int,
+               handshakes: int) -> tuple[HostRunner, list[Finished]]:
+    import fleetexec.ssh.session as session
+
+    monkeypatch.setattr(session, "run_on_host", fake)
+    finished: list[Finished] = []
+    runner = HostRunner(Setup(Options(), threads=threads, handshakes=handshakes),
+                        lambda event: finished.append(event) if isinstance(event, Finished)
+                        else None)
+    for i in range(10):
+        runner.submit(Work(1, i, Host(f"h{i}"), "true", False))
+    return runner, finished
+
+
+def test_hosts_waiting_for_a_handshake_slot_have_no_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Blocking(release_slot=False)
+    runner, finished = _ten_hosts(monkeypatch, fake, threads=10, handshakes=2)
+    fake.wait_running(2)
+    assert fake.running == 2 and len(fake.threads) == 2
+    fake.go.set()
+    runner.stop()
+    assert sorted(f.index for f in finished) == list(range(10))
+    assert len(fake.threads) == 2  # the next hosts reused them
+
+
+def test_hosts_past_their_banner_run_side_by_side_up_to_the_session_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Blocking(release_slot=True)
+    runner, finished = _ten_hosts(monkeypatch, fake, threads=4, handshakes=1)
+    fake.wait_running(4)
+    assert fake.most == 4  # the one slot was given back each time: four at once, no more
+    fake.go.set()
+    runner.stop()
+    assert sorted(f.index for f in finished) == list(range(10))
+    assert len(fake.threads) == 4
 
 
 # ---- starting a command without waiting in between ------------------------------------------

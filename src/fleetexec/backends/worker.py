@@ -21,13 +21,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..exceptions import ConfigError
 from ..host import Host
 from ..options import Options
 from ..results import HostResult
 from ..transfer import Transfer
+
+if TYPE_CHECKING:
+    from ..ssh.pacing import Turn
 
 __all__ = [
     "Channel", "Chunk", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip",
@@ -144,7 +147,15 @@ Event = Ready | SetupFailed | Taken | Started | Chunk | Finished
 
 
 class HostRunner:
-    """Runs `Work` on `threads` session threads against one `WorkerContext`."""
+    """Runs `Work` on session threads against one `WorkerContext`, at most `threads` at once.
+
+    A host gets its session thread only once its handshake slot is free (a
+    dispatcher waits for the slots): a thousand queued hosts are a thousand
+    queue entries, not a thousand threads waiting on the slots. Threads are
+    started as they are first needed and kept for the next host; there are as
+    many as were ever busy at once (a handshake-bound run of `true` on 1000
+    hosts needs about 150; one of `sleep 60`, one per host).
+    """
 
     def __init__(self, setup: Setup, emit: Callable[[Event], object]) -> None:
         from ..ssh.session import WorkerContext
@@ -154,10 +165,13 @@ class HostRunner:
         self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._skip_below = 0  # runs before this one were cancelled: drop their queued work
         self._stdin: dict[int, bytes] = {}  # only the latest run's
-        self._threads = [threading.Thread(target=self._loop, daemon=True)
-                         for _ in range(setup.threads)]
-        for thread in self._threads:
-            thread.start()
+        self._sessions = threading.BoundedSemaphore(setup.threads)  # in flight at most
+        self._handoff: queue.SimpleQueue[tuple[Work, Turn] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # session threads waiting on _handoff, not yet promised a host
+        self._threads: list[threading.Thread] = []
+        self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
+        self._dispatcher.start()
 
     def submit(self, work: Work) -> None:
         """Queue `work` for the next free session thread."""
@@ -173,31 +187,71 @@ class HostRunner:
 
     def stop(self) -> None:
         """Let the threads finish what they hold, then close the kept connections."""
-        for _ in self._threads:
-            self._inbox.put(None)
-        for thread in self._threads:
+        self._inbox.put(None)
+        self._dispatcher.join()
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._handoff.put(None)
+        for thread in threads:
             thread.join()
         self.context.close_connections()
         self.context.watchdog.stop()
 
-    def _loop(self) -> None:
-        while (work := self._inbox.get()) is not None:
-            if work.run >= self._skip_below:
-                self._run(work)
-            # `work` is dropped here: an idle thread must not keep a result's output alive.
-            del work
+    def _dispatch(self) -> None:
+        from ..ssh.pacing import Turn
 
-    def _run(self, work: Work) -> None:
+        while (work := self._inbox.get()) is not None:
+            if work.run < self._skip_below:
+                continue
+            self._sessions.acquire()
+            self._emit(Taken(work.run, work.index))
+            on_start = functools.partial(self._emit, Started(work.run, work.index))
+            # A kept connection needs no handshake; if it proves dead, the session thread
+            # waits for a slot itself (session.over_connection).
+            handshakes = None if work.keep_connection and self.context.has_kept(work.host) \
+                else self.context.handshakes
+            turn = Turn(handshakes, on_start)
+            with self._lock:
+                spawn = self._idle == 0
+                if not spawn:
+                    self._idle -= 1
+                else:
+                    thread = threading.Thread(target=self._loop, args=((work, turn),),
+                                              daemon=True)
+                    self._threads.append(thread)
+            if spawn:
+                thread.start()
+            else:
+                self._handoff.put((work, turn))
+            del work, turn  # an idle dispatcher must not keep a host's work alive
+
+    def _loop(self, first: tuple[Work, Turn]) -> None:
+        item: tuple[Work, Turn] | None = first
+        while item is not None:
+            work, turn = item
+            try:
+                if work.run >= self._skip_below:
+                    self._run(work, turn)
+            finally:
+                turn.release()
+                self._sessions.release()
+            # dropped here: an idle thread must not keep a result's output alive.
+            del item, work, turn
+            with self._lock:
+                self._idle += 1
+            item = self._handoff.get()
+
+    def _run(self, work: Work, turn: Turn) -> None:
         from ..ssh.session import run_on_host
 
-        self._emit(Taken(work.run, work.index))
         on_start = functools.partial(self._emit, Started(work.run, work.index))
         if work.transfer is not None:
             from ..ssh.transfer import transfer_on_host
 
             self._emit(Finished(work.run, work.index, transfer_on_host(
                 work.host, work.transfer, self.context, work.keep_connection,
-                on_start=on_start)))
+                on_start=on_start, turn=turn)))
             return
         on_output = None
         if work.stream_output:
@@ -206,7 +260,7 @@ class HostRunner:
                 self._emit(Chunk(work.run, work.index, name, data))
         result = run_on_host(work.host, work.command, self.context, work.keep_connection,
                              on_start=on_start, on_output=on_output,
-                             stdin=self._stdin.get(work.run))
+                             stdin=self._stdin.get(work.run), turn=turn)
         self._emit(Finished(work.run, work.index, result))
 
 

@@ -124,6 +124,10 @@ class WorkerContext:
             files = self._known_files[key] = known_hosts_files(host, self.options)
         return self._known.get(files)
 
+    def has_kept(self, host: Host) -> bool:
+        """Whether a connection to `host` is kept from an earlier command."""
+        return _identity(host) in self.connections
+
     def still_trusted(self, host: Host, client: paramiko.SSHClient) -> bool:
         """Whether a kept connection's host key is still in known_hosts and not revoked."""
         transport = client.get_transport()
@@ -143,11 +147,13 @@ def run_on_host(
     host: Host, command: str, context: WorkerContext, reuse: bool = False,
     on_start: Callable[[], object] = lambda: None,
     on_output: Callable[[str, bytes], object] | None = None, stdin: bytes | None = None,
+    turn: Turn | None = None,
 ) -> HostResult:
     """Run `command` on `host` and return what happened. Never raises.
 
     `on_start` is called if the host had to wait for a handshake slot, when
     its turn comes: its deadlines start then, not when it was dequeued.
+    `turn`: the host's handshake slot, when the caller waited for it already.
     `on_output("stdout" | "stderr", chunk)` sees output as it arrives. `stdin` is
     sent to the command's standard input; it gets end of file either way.
     With `reuse`, the authenticated connection is kept in the context for the
@@ -157,7 +163,7 @@ def run_on_host(
     def attempt(started: float, begin: float) -> _Command:
         return _Command(host, command, context, on_output, stdin, started, begin)
 
-    return over_connection(host, context, attempt, reuse, on_start)
+    return over_connection(host, context, attempt, reuse, on_start, turn)
 
 
 class Attempt(Protocol):
@@ -177,6 +183,7 @@ class Attempt(Protocol):
 def over_connection(
     host: Host, context: WorkerContext, attempt: Callable[[float, float], Attempt],
     reuse: bool = False, on_start: Callable[[], object] = lambda: None,
+    turn: Turn | None = None,
 ) -> HostResult:
     """Connect to `host` (or reuse its kept connection) and run one `Attempt` there.
 
@@ -191,6 +198,9 @@ def over_connection(
         close_client(kept)  # key revoked or removed since: a new connection verifies afresh
         kept = None
     if kept is not None:
+        if turn is not None:
+            turn.release()  # no handshake: the slot goes to the next host
+            turn = None
         try:
             result = _run_once(host, context, kept, on_start, attempt)
             return _keep_or_close(result, host, context, kept)
@@ -198,7 +208,7 @@ def over_connection(
             close_client(kept)  # it died while idle; the command never started: reconnect
     opened: list[paramiko.SSHClient] = []
     try:
-        result = _run_once(host, context, None, on_start, attempt, opened)
+        result = _run_once(host, context, None, on_start, attempt, opened, turn)
     except StaleConnection as stale:
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
@@ -262,12 +272,14 @@ class _Command:
 def _run_once(
     host: Host, context: WorkerContext, client: paramiko.SSHClient | None,
     on_start: Callable[[], object], make: Callable[[float, float], Attempt],
-    opened: list[paramiko.SSHClient] | None = None,
+    opened: list[paramiko.SSHClient] | None = None, turn: Turn | None = None,
 ) -> HostResult:
     # Pace set-up: a burst of connects overflows accept queues. The deadlines
-    # (and the caller's clock, via on_start) start once this host's turn comes;
-    # connect gives the slot back as soon as the server's banner came.
-    turn = Turn(context.handshakes if client is None else None, on_start)
+    # (and the caller's clock, via on_start) start once this host's turn comes
+    # (now, or already: `turn`); connect gives the slot back as soon as the
+    # server's banner came.
+    if turn is None:
+        turn = Turn(context.handshakes if client is None else None, on_start)
     started, begin = time.time(), time.monotonic()
     attempt = make(started, begin)
     try:

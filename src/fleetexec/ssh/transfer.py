@@ -26,7 +26,7 @@ from ..host import Host
 from ..results import HostResult, Status
 from ..transfer import Transfer, summary
 from .failure import StaleConnection
-from .pacing import nothing
+from .pacing import Turn, nothing
 from .session import over_connection
 from .sftp_common import FileError, reason
 from .sftp_get import Getter
@@ -42,18 +42,19 @@ __all__ = ["transfer_on_host"]
 
 def transfer_on_host(
     host: Host, transfer: Transfer, context: WorkerContext, reuse: bool = False,
-    on_start: Callable[[], object] = nothing,
+    on_start: Callable[[], object] = nothing, turn: Turn | None = None,
 ) -> HostResult:
     """Perform `transfer` on `host` and return what happened. Never raises.
 
-    `reuse` and `on_start` are `run_on_host`'s: the connection is kept for
-    the next job when asked (and when the transfer ended with the connection
-    alive), and `on_start` is called when a wait for a handshake slot ends.
+    `reuse`, `on_start` and `turn` are `run_on_host`'s: the connection is kept
+    for the next job when asked (and when the transfer ended with the
+    connection alive), `on_start` is called when a wait for a handshake slot
+    ends, and `turn` is the slot when the caller waited for it already.
     """
     def attempt(started: float, begin: float) -> _Attempt:
         return _Attempt(host, transfer, context, started, begin)
 
-    return over_connection(host, context, attempt, reuse, on_start)
+    return over_connection(host, context, attempt, reuse, on_start, turn)
 
 
 class _Attempt:
