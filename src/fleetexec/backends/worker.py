@@ -31,6 +31,7 @@ from ..transfer import Transfer
 
 if TYPE_CHECKING:
     from ..ssh.pacing import Turn
+    from ..ssh.session import KeptCommand
 
 __all__ = [
     "Channel", "Chunk", "Finished", "HostRunner", "Ready", "Setup", "SetupFailed", "Skip",
@@ -165,11 +166,13 @@ class HostRunner:
         self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._skip_below = 0  # runs before this one were cancelled: drop their queued work
         self._stdin: dict[int, bytes] = {}  # only the latest run's
+        self._threads_max = setup.threads
         self._sessions = threading.BoundedSemaphore(setup.threads)  # in flight at most
-        self._handoff: queue.SimpleQueue[tuple[Work, Turn] | None] = queue.SimpleQueue()
+        self._handoff: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # session threads waiting on _handoff, not yet promised a host
         self._threads: list[threading.Thread] = []
+        self._kept: set[KeptCommand] = set()  # started with no thread waiting (yet)
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
         self._dispatcher.start()
 
@@ -186,9 +189,11 @@ class HostRunner:
         self._skip_below = run
 
     def stop(self) -> None:
-        """Let the threads finish what they hold, then close the kept connections."""
+        """Let the sessions finish what they hold, then close the kept connections."""
         self._inbox.put(None)
         self._dispatcher.join()
+        for _ in range(self._threads_max):  # every session in flight has ended
+            self._sessions.acquire()
         with self._lock:
             threads = list(self._threads)
         for _ in threads:
@@ -200,6 +205,7 @@ class HostRunner:
 
     def _dispatch(self) -> None:
         from ..ssh.pacing import Turn
+        from ..ssh.session import KeptCommand
 
         while (work := self._inbox.get()) is not None:
             if work.run < self._skip_below:
@@ -207,61 +213,96 @@ class HostRunner:
             self._sessions.acquire()
             self._emit(Taken(work.run, work.index))
             on_start = functools.partial(self._emit, Started(work.run, work.index))
+            if work.keep_connection and self._plain(work):
+                # Started now, on its kept connection; a session thread only when it is due.
+                kept = KeptCommand(work.host, work.command, self.context)
+                kept.on_ready = functools.partial(self._hand, functools.partial(
+                    self._finish_kept, work, kept, on_start))
+                # Held here until it ends: paramiko holds its channels only weakly, and
+                # nothing else reaches it (it would be collected, its channel closed).
+                with self._lock:
+                    self._kept.add(kept)
+                try:
+                    started = kept.start()
+                except Exception:  # noqa: BLE001 - never lose the dispatcher: run_on_host says why
+                    started = False
+                if started:
+                    continue
+                with self._lock:
+                    self._kept.discard(kept)
             # A kept connection needs no handshake; if it proves dead, the session thread
             # waits for a slot itself (session.over_connection).
             handshakes = None if work.keep_connection and self.context.has_kept(work.host) \
                 else self.context.handshakes
             turn = Turn(handshakes, on_start)
-            with self._lock:
-                spawn = self._idle == 0
-                if not spawn:
-                    self._idle -= 1
-                else:
-                    thread = threading.Thread(target=self._loop, args=((work, turn),),
-                                              daemon=True)
-                    self._threads.append(thread)
-            if spawn:
-                thread.start()
-            else:
-                self._handoff.put((work, turn))
+            self._hand(functools.partial(self._run, work, turn))
             del work, turn  # an idle dispatcher must not keep a host's work alive
 
-    def _loop(self, first: tuple[Work, Turn]) -> None:
-        item: tuple[Work, Turn] | None = first
-        while item is not None:
-            work, turn = item
+    def _plain(self, work: Work) -> bool:
+        """A command with no input, no sudo, no live output, no transfer."""
+        return not (work.transfer is not None or work.stream_output or self._stdin.get(work.run)
+                    or self.context.options.sudo)
+
+    def _hand(self, job: Callable[[], object]) -> None:
+        """Give `job` to an idle session thread, or to a new one (from any thread)."""
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+            else:
+                thread = threading.Thread(target=self._loop, args=(job,), daemon=True)
+                self._threads.append(thread)
+        if spawn:
+            thread.start()
+        else:
+            self._handoff.put(job)
+
+    def _loop(self, first: Callable[[], object]) -> None:
+        job: Callable[[], object] | None = first
+        while job is not None:
             try:
-                if work.run >= self._skip_below:
-                    self._run(work, turn)
+                job()
             finally:
-                turn.release()
                 self._sessions.release()
             # dropped here: an idle thread must not keep a result's output alive.
-            del item, work, turn
+            del job
             with self._lock:
                 self._idle += 1
-            item = self._handoff.get()
+            job = self._handoff.get()
+
+    def _finish_kept(self, work: Work, kept: KeptCommand, on_start: Callable[[], object]
+                     ) -> None:
+        try:
+            result = kept.finish(on_start)
+        finally:
+            with self._lock:
+                self._kept.discard(kept)
+        self._emit(Finished(work.run, work.index, result))
 
     def _run(self, work: Work, turn: Turn) -> None:
+        try:
+            if work.run >= self._skip_below:
+                self._emit(Finished(work.run, work.index, self._result(work, turn)))
+        finally:
+            turn.release()
+
+    def _result(self, work: Work, turn: Turn) -> HostResult:
         from ..ssh.session import run_on_host
 
         on_start = functools.partial(self._emit, Started(work.run, work.index))
         if work.transfer is not None:
             from ..ssh.transfer import transfer_on_host
 
-            self._emit(Finished(work.run, work.index, transfer_on_host(
-                work.host, work.transfer, self.context, work.keep_connection,
-                on_start=on_start, turn=turn)))
-            return
+            return transfer_on_host(work.host, work.transfer, self.context,
+                                    work.keep_connection, on_start=on_start, turn=turn)
         on_output = None
         if work.stream_output:
             def on_output(stream: str, data: bytes, work: Work = work) -> None:
                 name: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
                 self._emit(Chunk(work.run, work.index, name, data))
-        result = run_on_host(work.host, work.command, self.context, work.keep_connection,
-                             on_start=on_start, on_output=on_output,
-                             stdin=self._stdin.get(work.run), turn=turn)
-        self._emit(Finished(work.run, work.index, result))
+        return run_on_host(work.host, work.command, self.context, work.keep_connection,
+                           on_start=on_start, on_output=on_output,
+                           stdin=self._stdin.get(work.run), turn=turn)
 
 
 _JOIN_BELOW = 64 * 1024

@@ -173,20 +173,38 @@ class ChunkPipe:
         return self._size
 
 
-def install_pipes(channel: Channel, live: bool) -> None:
+def install_pipes(channel: Channel, live: bool,
+                  on_first: Callable[[], object] | None = None) -> None:
     """Our pipes on a channel just opened (before exec: nothing can have come yet).
 
     stdout wakes its reader at every chunk for live output, else once a quarter
     of the window has come; stderr always at once (sudo's prompt is on it). The
     exit status wakes it too (one event for all), so a command's end is one
-    wake-up of the session, not one for EOF and one for the status.
+    wake-up of the session, not one for EOF and one for the status. `on_first` is
+    called the first time that event is set (a command nobody waits on yet).
     """
-    ready = threading.Event()
+    ready = threading.Event() if on_first is None else _FirstSet(on_first)
     stdout, stderr = ChunkPipe(0 if live else WINDOW_START // 4), ChunkPipe(0)
     stdout.set_event(ready)
     stderr.set_event(ready)
     channel.in_buffer, channel.in_stderr_buffer = stdout, stderr  # type: ignore[assignment]
     channel.status_event = _Relay(ready)
+
+
+class _FirstSet(threading.Event):
+    """An event that also calls `hook`, once, the first time it is set."""
+
+    def __init__(self, hook: Callable[[], object]) -> None:
+        super().__init__()
+        self._hook: Callable[[], object] | None = hook
+        self._hook_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._hook_lock:
+            hook, self._hook = self._hook, None
+        if hook is not None:
+            hook()
 
 
 class _Relay(threading.Event):

@@ -24,7 +24,7 @@ from ..options import Options, expand
 from ..resolve import known_hosts_files
 from ..results import HostResult, Status
 from ..sshconfig import DEFAULT_IDENTITY_FILES, public_key_blob
-from .command import BULK_READERS, Capped, exec_and_drain
+from .command import BULK_READERS, Capped, Running, exec_and_drain, start_command
 from .connect import connect
 from .credentials import AgentKeys, NeedsPassphrase, load_private_key, try_private_key
 from .failure import Failure, StaleConnection
@@ -35,7 +35,7 @@ from .transport import close_client
 from .tunnel import Bastions
 from .watchdog import Watchdog
 
-__all__ = ["Attempt", "WorkerContext", "over_connection", "run_on_host"]
+__all__ = ["Attempt", "KeptCommand", "WorkerContext", "over_connection", "run_on_host"]
 
 
 class WorkerContext:
@@ -129,9 +129,13 @@ class WorkerContext:
         return _identity(host) in self.connections
 
     def still_trusted(self, host: Host, client: paramiko.SSHClient) -> bool:
-        """Whether a kept connection's host key is still in known_hosts and not revoked."""
+        """Whether a kept connection's host key is still in known_hosts and not revoked
+        (False for a connection that has died)."""
         transport = client.get_transport()
-        key = transport.get_remote_server_key() if transport is not None else None
+        try:
+            key = transport.get_remote_server_key() if transport is not None else None
+        except paramiko.SSHException:  # it died while idle: not usable either way
+            return False
         return key is not None and self.known_hosts(host).trusts(host.known_hosts_name, key)
 
     def close_connections(self) -> None:
@@ -206,6 +210,13 @@ def over_connection(
             return _keep_or_close(result, host, context, kept)
         except StaleConnection:
             close_client(kept)  # it died while idle; the command never started: reconnect
+    return _over_new_connection(host, context, attempt, reuse, on_start, turn)
+
+
+def _over_new_connection(
+    host: Host, context: WorkerContext, attempt: Callable[[float, float], Attempt],
+    reuse: bool, on_start: Callable[[], object], turn: Turn | None = None,
+) -> HostResult:
     opened: list[paramiko.SSHClient] = []
     try:
         result = _run_once(host, context, None, on_start, attempt, opened, turn)
@@ -213,6 +224,81 @@ def over_connection(
         assert stale.result is not None  # noqa: S101 - set by _run_once before re-raising
         result = stale.result
     return _keep_or_close(result, host, context, opened[0] if opened else None, reuse)
+
+
+class KeptCommand:
+    """A plain command (no input, no sudo, no live output) started on a host's kept
+    connection with no thread waiting for it.
+
+    `start` sends it and returns; the transport's own thread then confirms the
+    channel and sends exec. Once there is something to do (output to read, the
+    end), `on_ready` is called (once, from whichever thread saw it) and a
+    session thread calls `finish`, which drains, makes the result and keeps the
+    connection: one wake-up of a session thread per command, where waiting
+    from the start cost two.
+    """
+
+    def __init__(self, host: Host, command: str, context: WorkerContext) -> None:
+        self.host, self.command, self.context = host, command, context
+        self.on_ready: Callable[[], object] = lambda: None  # set before `start`
+        self._lock = threading.Lock()
+        self._started = self._due = self._handed = False
+        self._client: paramiko.SSHClient | None = None
+        self._running: Running | HostResult | None = None
+        self._attempt: _Command | None = None
+
+    def start(self) -> bool:
+        """Start the command on the kept connection; False (nothing sent, the connection
+        left as it was) when there is none or it cannot be used: then `run_on_host`."""
+        context, host = self.context, self.host
+        identity = _identity(host)
+        client = context.connections.get(identity)
+        if client is None or not context.still_trusted(host, client):
+            return False  # run_on_host closes an untrusted one and connects afresh
+        del context.connections[identity]
+        attempt = _Command(host, self.command, context, None, None, time.time(),
+                           time.monotonic())
+        try:
+            running = start_command(client, host, self.command, context, attempt.out,
+                                    attempt.err, attempt.finish, on_first=self._ready)
+        except Exception:  # noqa: BLE001 - a dead connection: run_on_host reconnects
+            context.connections[identity] = client
+            return False
+        self._client, self._running, self._attempt = client, running, attempt
+        with self._lock:
+            self._started = True
+            hand = (self._due or isinstance(running, HostResult)) and not self._handed
+            self._handed = self._handed or hand
+        if hand:
+            self.on_ready()
+        return True
+
+    def _ready(self) -> None:  # the first output or the end (the transport's thread)
+        with self._lock:
+            self._due = True
+            hand = self._started and not self._handed
+            self._handed = self._handed or hand
+        if hand:
+            self.on_ready()
+
+    def finish(self, on_start: Callable[[], object] = lambda: None) -> HostResult:
+        """Wait for the end (on a session thread, after `on_ready`); the host's result."""
+        host, context, client, attempt = self.host, self.context, self._client, self._attempt
+        running = self._running
+        assert client is not None and attempt is not None  # noqa: S101 - start() returned True
+        try:
+            result = running if isinstance(running, HostResult) else running.end()  # type: ignore[union-attr]
+        except StaleConnection:  # it died while idle; the command never started: reconnect
+            close_client(client)
+
+            def make(started: float, begin: float) -> _Command:
+                return _Command(host, self.command, context, None, None, started, begin)
+
+            return _over_new_connection(host, context, make, True, on_start)
+        except Exception as error:  # a bug or an unforeseen paramiko error: still a value
+            close_client(client)
+            return attempt.finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
+        return _keep_or_close(result, host, context, client)
 
 
 def _agent_copy(agent_keys: Sequence[paramiko.PKey], path: str) -> paramiko.PKey | None:

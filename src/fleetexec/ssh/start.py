@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from paramiko.channel import Channel
 from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST
@@ -123,10 +124,12 @@ def send_exec(transport: FleetTransport, channel: Channel, command: str, eof: bo
     return True
 
 
-def open_and_exec(transport: FleetTransport, command: str, live: bool) -> tuple[Channel, Opening]:
-    """A session channel (our pipes installed) on which `command` runs with no input, once
-    the server confirms it; returns at once. Raises `SSHException` if the connection is
-    not active. What `open_channel` does, but the wait is the drain's."""
+def open_and_exec(transport: FleetTransport, command: str, live: bool,
+                  on_first: Callable[[], object] | None = None) -> tuple[Channel, Opening]:
+    """A session channel (our pipes installed, `on_first` as `install_pipes` takes it) on
+    which `command` runs with no input, once the server confirms it; returns at once.
+    Raises `SSHException` if the connection is not active. What `open_channel` does, but
+    the wait is the drain's."""
     if not transport.active:  # type: ignore[attr-defined]
         raise SSHException("SSH session not active")
     with transport.lock:
@@ -139,7 +142,7 @@ def open_and_exec(transport: FleetTransport, command: str, live: bool) -> tuple[
         channel._set_transport(transport)  # type: ignore[attr-defined]
         packet = transport._sanitize_packet_size(None)  # type: ignore[attr-defined]
         channel._set_window(WINDOW_START, packet)  # type: ignore[attr-defined]
-        install_pipes(channel, live)
+        install_pipes(channel, live, on_first)
         message = Message()
         message.add_byte(cMSG_CHANNEL_OPEN)
         message.add_string("session")
