@@ -18,7 +18,8 @@ from paramiko.packet import Packetizer
 
 import fleetexec
 from fleetexec.backends.inprocess import InProcessBackend
-from fleetexec.ssh.transport import FleetTransport, _Packetizer
+from fleetexec.ssh.packet import FleetPacketizer as _Packetizer
+from fleetexec.ssh.transport import FleetTransport
 from fleetexec.testing.sshd import OpenSSHServer
 
 LISTS = ("kex", "keys", "ciphers", "macs", "compression", "pubkeys")
