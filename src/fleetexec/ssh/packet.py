@@ -74,9 +74,12 @@ class FleetPacketizer(Packetizer):
             setattr(self, _REMAINDER, b"")
             self._ahead, self._ahead_at = banner_rest + self._ahead[self._ahead_at:], 0
         ahead, at = self._ahead, self._ahead_at
-        if at + n <= len(ahead):
+        if at + n < len(ahead):
             self._ahead_at = at + n
             return ahead[at:at + n]
+        if at + n == len(ahead):  # all of it: not kept (up to 64 KiB per idle connection)
+            self._ahead, self._ahead_at = b"", 0
+            return ahead[at:]
         out = ahead[at:]
         self._ahead, self._ahead_at = b"", 0
         sock = getattr(self, _SOCKET)
