@@ -235,7 +235,7 @@ class HostRunner:
             handshakes = None if work.keep_connection and self.context.has_kept(work.host) \
                 else self.context.handshakes
             turn = Turn(handshakes, on_start)
-            self._hand(functools.partial(self._run, work, turn))
+            self._hand(functools.partial(self._run, work, turn, on_start))
             del work, turn  # an idle dispatcher must not keep a host's work alive
 
     def _plain(self, work: Work) -> bool:
@@ -279,17 +279,16 @@ class HostRunner:
                 self._kept.discard(kept)
         self._emit(Finished(work.run, work.index, result))
 
-    def _run(self, work: Work, turn: Turn) -> None:
+    def _run(self, work: Work, turn: Turn, on_start: Callable[[], object]) -> None:
         try:
             if work.run >= self._skip_below:
-                self._emit(Finished(work.run, work.index, self._result(work, turn)))
+                self._emit(Finished(work.run, work.index, self._result(work, turn, on_start)))
         finally:
             turn.release()
 
-    def _result(self, work: Work, turn: Turn) -> HostResult:
+    def _result(self, work: Work, turn: Turn, on_start: Callable[[], object]) -> HostResult:
         from ..ssh.session import run_on_host
 
-        on_start = functools.partial(self._emit, Started(work.run, work.index))
         if work.transfer is not None:
             from ..ssh.transfer import transfer_on_host
 

@@ -77,9 +77,8 @@ class FleetPacketizer(Packetizer):
         if at + n < len(ahead):
             self._ahead_at = at + n
             return ahead[at:at + n]
-        if at + n == len(ahead):  # all of it: not kept (up to 64 KiB per idle connection)
-            self._ahead, self._ahead_at = b"", 0
-            return ahead[at:]
+        # All of it, and maybe more: a buffer read to its end is not kept (up to 64 KiB
+        # per idle connection).
         out = ahead[at:]
         self._ahead, self._ahead_at = b"", 0
         sock = getattr(self, _SOCKET)

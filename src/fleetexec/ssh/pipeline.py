@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from paramiko.auth_handler import AuthHandler
 from paramiko.channel import Channel
@@ -55,7 +55,12 @@ from .drain import WINDOW_START
 if TYPE_CHECKING:
     from .transport import FleetTransport
 
-__all__ = ["EarlyChannel", "PipelinedAuth", "early_channel_welcome"]
+__all__ = [
+    "EarlyChannel", "PipelinedAuth", "early_channel_welcome", "hold_clear_to_send",
+    "session_channel",
+]
+
+E = TypeVar("E", bound=threading.Event)
 
 # Servers known to answer a channel opened before the authentication succeeded
 # (rather than hang up), and to keep it for after the authentication when it succeeds.
@@ -86,9 +91,11 @@ class EarlyChannel:
         self.state = state  # pending, open, refused; taken (handed out) or abandoned
 
 
-def new_early_channel(fleet: FleetTransport) -> tuple[EarlyChannel, Message]:
-    """A session channel registered as `Transport.open_channel` registers one, and its
-    CHANNEL_OPEN, not sent yet (`send_early` sends it)."""
+def session_channel(fleet: FleetTransport, event_for: Callable[[Channel], E]
+                    ) -> tuple[Channel, E, Message]:
+    """A session channel registered as `Transport.open_channel` registers one (with the
+    drain's small window), the event the transport sets when the server answers, made by
+    `event_for(channel)`, and its CHANNEL_OPEN, not sent yet."""
     transport: Any = fleet  # paramiko's private parts, which its type stubs leave out
     window = WINDOW_START  # as the drain's flow control expects of any session channel
     packet = transport._sanitize_packet_size(None)  # noqa: SLF001
@@ -102,10 +109,16 @@ def new_early_channel(fleet: FleetTransport) -> tuple[EarlyChannel, Message]:
         m.add_int(packet)
         chan = Channel(chanid)
         transport._channels.put(chanid, chan)  # noqa: SLF001
-        transport.channel_events[chanid] = event = threading.Event()
+        transport.channel_events[chanid] = event = event_for(chan)
         transport.channels_seen[chanid] = True
         chan._set_transport(transport)  # type: ignore[attr-defined]  # noqa: SLF001
         chan._set_window(window, packet)  # type: ignore[attr-defined]  # noqa: SLF001
+    return chan, event, m
+
+
+def new_early_channel(fleet: FleetTransport) -> tuple[EarlyChannel, Message]:
+    """A session channel to open ahead, and its CHANNEL_OPEN (`send_early` sends it)."""
+    chan, event, m = session_channel(fleet, lambda chan: threading.Event())
     return EarlyChannel(chan, -1, event), m
 
 
@@ -126,6 +139,33 @@ def send_early(fleet: FleetTransport, early: EarlyChannel, m: Message,
             transport.channel_events.pop(early.chanid, None)
 
 
+def hold_clear_to_send(transport: Any, wait: bool = True) -> bool:
+    """Take the transport's `clear_to_send_lock` with no key exchange running, waiting
+    for one to end as paramiko's `_send_user_message` does (`wait`); True once held
+    (the caller releases it). False, holding nothing, when the connection is not
+    active, the wait timed out, or (without `wait`) a key exchange runs or another
+    thread holds the lock: the transport's own thread must never wait for that."""
+    lock, clear = transport.clear_to_send_lock, transport.clear_to_send
+    if not wait:
+        if not lock.acquire(blocking=False):
+            return False
+        if clear.is_set():
+            return True
+        lock.release()
+        return False
+    deadline = time.monotonic() + transport.clear_to_send_timeout
+    while True:
+        clear.wait(0.1)
+        if not transport.active:
+            return False
+        lock.acquire()
+        if clear.is_set():
+            return True
+        lock.release()
+        if time.monotonic() > deadline:
+            return False
+
+
 def send_numbered(fleet: FleetTransport, m: Message,
                   numbered: Callable[[int], None] = lambda seqno: None) -> bool:
     """Send `m` as a user message (after the key exchange); `numbered` gets its sequence
@@ -140,19 +180,15 @@ def send_numbered(fleet: FleetTransport, m: Message,
         numbered(getattr(packetizer, _SEQ_OUT))
         transport._send_message(m)  # noqa: SLF001
         return True
-    deadline = time.monotonic() + transport.clear_to_send_timeout
-    while True:
-        transport.clear_to_send.wait(0.1)
-        if not transport.active:
-            return False  # dropped, as paramiko drops user messages on a dead connection
-        with transport.clear_to_send_lock:
-            if transport.clear_to_send.is_set():
-                with getattr(packetizer, _WRITE_LOCK):
-                    numbered(getattr(packetizer, _SEQ_OUT))
-                    transport._send_message(m)  # noqa: SLF001
-                return True
-        if time.monotonic() > deadline:
-            return False
+    if not hold_clear_to_send(transport):
+        return False  # dropped, as paramiko drops user messages on a dead connection
+    try:
+        with getattr(packetizer, _WRITE_LOCK):
+            numbered(getattr(packetizer, _SEQ_OUT))
+            transport._send_message(m)  # noqa: SLF001
+    finally:
+        transport.clear_to_send_lock.release()
+    return True
 
 
 class PipelinedAuth(AuthHandler):

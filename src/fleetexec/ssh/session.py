@@ -242,7 +242,7 @@ class KeptCommand:
         self.host, self.command, self.context = host, command, context
         self.on_ready: Callable[[], object] = lambda: None  # set before `start`
         self._lock = threading.Lock()
-        self._started = self._due = self._handed = False
+        self._awaited = 2  # `start` done, and the first output or end: in either order
         self._client: paramiko.SSHClient | None = None
         self._running: Running | HostResult | None = None
         self._attempt: _Command | None = None
@@ -265,19 +265,17 @@ class KeptCommand:
             context.connections[identity] = client
             return False
         self._client, self._running, self._attempt = client, running, attempt
-        with self._lock:
-            self._started = True
-            hand = (self._due or isinstance(running, HostResult)) and not self._handed
-            self._handed = self._handed or hand
-        if hand:
-            self.on_ready()
+        if isinstance(running, HostResult):  # it could not start: that is the end
+            self._ready()
+        self._ready()  # started
         return True
 
-    def _ready(self) -> None:  # the first output or the end (the transport's thread)
+    def _ready(self) -> None:
+        # Called once by `start`, once by the channel's first event (the transport's
+        # thread), once more if it could not start: `on_ready` when the count hits 0.
         with self._lock:
-            self._due = True
-            hand = self._started and not self._handed
-            self._handed = self._handed or hand
+            self._awaited -= 1
+            hand = self._awaited == 0
         if hand:
             self.on_ready()
 

@@ -17,15 +17,15 @@ thread instead, as soon as the connection is clear to send.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from paramiko.channel import Channel
-from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST
+from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 from paramiko.ssh_exception import SSHException
 
-from .drain import WINDOW_START, install_pipes
+from .drain import install_pipes
+from .pipeline import hold_clear_to_send, session_channel
 from .transport import FleetTransport
 
 __all__ = ["Opening", "exec_request", "open_and_exec", "send_exec"]
@@ -92,25 +92,12 @@ def send_exec(transport: FleetTransport, channel: Channel, command: str, eof: bo
     to send now (the transport's own thread must never wait for that). Raises
     `SSHException` if the channel is not open.
     """
-    lock, clear = transport.clear_to_send_lock, transport.clear_to_send
-    if not wait:
-        if not lock.acquire(blocking=False):
+    if not hold_clear_to_send(transport, wait):
+        if not wait:
             return False
-        if not clear.is_set():
-            lock.release()
-            return False
-    else:
-        deadline = time.monotonic() + transport.clear_to_send_timeout
-        while True:
-            clear.wait(0.1)
-            if not transport.active:  # type: ignore[attr-defined]
-                raise EOFError("connection closed")
-            lock.acquire()
-            if clear.is_set():
-                break
-            lock.release()
-            if time.monotonic() > deadline:
-                raise SSHException("Key-exchange timed out waiting for key negotiation")
+        if not transport.active:  # type: ignore[attr-defined]
+            raise EOFError("connection closed")
+        raise SSHException("Key-exchange timed out waiting for key negotiation")
     try:
         with transport.packetizer.corked():
             transport._send_message(exec_request(channel, command))
@@ -120,7 +107,7 @@ def send_exec(transport: FleetTransport, channel: Channel, command: str, eof: bo
                 if message is not None:
                     transport._send_message(message)
     finally:
-        lock.release()
+        transport.clear_to_send_lock.release()
     return True
 
 
@@ -132,22 +119,8 @@ def open_and_exec(transport: FleetTransport, command: str, live: bool,
     the wait is the drain's."""
     if not transport.active:  # type: ignore[attr-defined]
         raise SSHException("SSH session not active")
-    with transport.lock:
-        chanid = transport._next_channel()  # type: ignore[attr-defined]
-        channel = Channel(chanid)
-        opening = Opening(transport, channel, command)
-        transport._channels.put(chanid, channel)  # type: ignore[attr-defined]
-        transport.channel_events[chanid] = opening
-        transport.channels_seen[chanid] = True
-        channel._set_transport(transport)  # type: ignore[attr-defined]
-        packet = transport._sanitize_packet_size(None)  # type: ignore[attr-defined]
-        channel._set_window(WINDOW_START, packet)  # type: ignore[attr-defined]
-        install_pipes(channel, live, on_first)
-        message = Message()
-        message.add_byte(cMSG_CHANNEL_OPEN)
-        message.add_string("session")
-        message.add_int(chanid)
-        message.add_int(WINDOW_START)
-        message.add_int(packet)
+    channel, opening, message = session_channel(
+        transport, lambda channel: Opening(transport, channel, command))
+    install_pipes(channel, live, on_first)  # before the open is sent: nothing came yet
     transport._send_user_message(message)  # type: ignore[attr-defined]
     return channel, opening

@@ -191,13 +191,13 @@ class FleetTransport(paramiko.Transport):
         # waits for our banner, and nothing of ours waits for the server's banner.
         self._banner_read = True
         try:
-            super()._send_kex_init()  # type: ignore[misc]
-            self._kexinit_sent = self._kexinit_skip = True
+            try:
+                super()._send_kex_init()  # type: ignore[misc]
+            finally:
+                self.packetizer.release()  # our banner (held by start_client) and KEXINIT
+            self._kexinit_sent = self._kexinit_skip = True  # only once it was written
         except (EOFError, OSError):
             pass  # the server is gone already: the read below tells how
-        finally:
-            with contextlib.suppress(EOFError, OSError):
-                self.packetizer.release()  # our banner (held by start_client) and KEXINIT
         read_ahead(self.packetizer, self.banner_timeout)
         super()._check_banner()  # type: ignore[misc]  # parses what read_ahead gave back
         self.banner_received = True
