@@ -234,6 +234,8 @@ def test_4_a_fleet_session_drops_a_kept_connection_whose_key_is_no_longer_truste
     with fleetexec.FleetSession(hosts, known_hosts=[str(known)], **FAST) as fleet:
         first = fleet.run("echo $SSH_CONNECTION")
         assert first.ok, {h: r.error for h, r in first.items()}
+        # Found trusted on reuse, before the edit: that answer must not outlive it.
+        assert fleet.run("true").ok
         if edit == "revoked":
             with known.open("a") as file:
                 file.write(f"@revoked [127.0.23.5]:{sshd.port} {sshd.host_public_key}\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,6 +182,20 @@ def test_a_flight_of_packets_is_read_with_one_recv(
     server.sendall(flight[:20])  # a packet split across reads still comes whole
     threading.Timer(0.2, lambda: server.sendall(flight[20:])).start()
     assert packetizer.read_message()[1].get_text() == "packet 0"
+
+
+def test_a_kept_connection_waits_in_the_kernel_and_still_looks_up_between_packets(
+        pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = pair
+    client.settimeout(1.0)  # as paramiko's Transport sets it
+    packetizer = _Packetizer(client)
+    looks: list[float] = []  # each timeout, the reader checks for a close and keepalives
+    monkeypatch.setattr(packetizer, "_check_keepalive", lambda: looks.append(time.monotonic()))
+    packetizer.wait_in_kernel(0.1)
+    assert client.gettimeout() is None  # no poll before each call now
+    threading.Timer(0.45, lambda: server.sendall(_plain_packets(1))).start()
+    assert packetizer.read_message()[1].get_text() == "packet 0"
+    assert len(looks) >= 2  # the kernel's timeouts came every 0.1 s meanwhile
 
 
 def test_messages_sent_corked_go_out_in_one_write(

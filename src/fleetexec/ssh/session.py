@@ -31,7 +31,7 @@ from .failure import Failure, StaleConnection
 from .filecache import FileCache
 from .hostkeys import KnownHosts
 from .pacing import Turn
-from .transport import close_client
+from .transport import FleetTransport, close_client
 from .tunnel import Bastions
 from .watchdog import Watchdog
 
@@ -136,7 +136,18 @@ class WorkerContext:
             key = transport.get_remote_server_key() if transport is not None else None
         except paramiko.SSHException:  # it died while idle: not usable either way
             return False
-        return key is not None and self.known_hosts(host).trusts(host.known_hosts_name, key)
+        if key is None:
+            return False
+        known, name = self.known_hosts(host), host.known_hosts_name
+        # The same parsed files (known_hosts() parses again any that changed) give the
+        # same answer for the same name: looked up once per connection, not per command.
+        trusted = getattr(transport, "trusted_under", None)
+        if trusted is not None and trusted[0] is known and trusted[1] == name:
+            return True
+        if not known.trusts(name, key):
+            return False
+        transport.trusted_under = (known, name)  # type: ignore[union-attr]
+        return True
 
     def close_connections(self) -> None:
         """Close every kept connection and bastion connection (a fleet session ends)."""
@@ -320,6 +331,9 @@ def _keep_or_close(
         return result
     transport = client.get_transport()
     if reuse and transport is not None and transport.is_active() and result.status.ran:
+        if isinstance(transport, FleetTransport):
+            # A kept connection's commands are a few socket calls each: no poll before them.
+            transport.packetizer.wait_in_kernel(transport._active_check_timeout)
         context.connections[_identity(host)] = client
     else:
         close_client(client)

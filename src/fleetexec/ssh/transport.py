@@ -175,6 +175,9 @@ class FleetTransport(paramiko.Transport):
         self._kexinit_skip = False  # ...so run()'s own first call must not send another
         self.early_channel = early_channel
         self._early: list[EarlyChannel] = []
+        # The parsed known_hosts and the name a kept connection was last found trusted
+        # under (WorkerContext.still_trusted).
+        self.trusted_under: tuple[object, str] | None = None
         self._handler_table[MSG_UNIMPLEMENTED] = self._parse_unimplemented  # type: ignore[attr-defined]
 
     # -- banner and KEXINIT ------------------------------------------------------------
