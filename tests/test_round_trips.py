@@ -392,11 +392,7 @@ def test_real_sshd_handshake_over_a_paramiko_channel(
         finally:
             context.close_connections()
         # The connection's own thread closes its channel on the way out: before the jump.
-        from fleetexec.ssh.transport import FleetTransport
-
-        for thread in threading.enumerate():
-            if isinstance(thread, FleetTransport):
-                thread.join(10)
+        context.transport_threads.stop()
     assert (r.status, r.stdout) == (Status.OK, b"via-channel\n"), r.error
     assert len(channels) == 1
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..crew import Crew
 from ..exceptions import ConfigError
 from ..host import Host
 from ..options import Options
@@ -168,10 +169,8 @@ class HostRunner:
         self._stdin: dict[int, bytes] = {}  # only the latest run's
         self._threads_max = setup.threads
         self._sessions = threading.BoundedSemaphore(setup.threads)  # in flight at most
-        self._handoff: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._crew = Crew("fleetexec-session")
         self._lock = threading.Lock()
-        self._idle = 0  # session threads waiting on _handoff, not yet promised a host
-        self._threads: list[threading.Thread] = []
         self._kept: set[KeptCommand] = set()  # started with no thread waiting (yet)
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True)
         self._dispatcher.start()
@@ -194,12 +193,7 @@ class HostRunner:
         self._dispatcher.join()
         for _ in range(self._threads_max):  # every session in flight has ended
             self._sessions.acquire()
-        with self._lock:
-            threads = list(self._threads)
-        for _ in threads:
-            self._handoff.put(None)
-        for thread in threads:
-            thread.join()
+        self._crew.stop()
         self.context.close_connections()
         self.context.watchdog.stop()
 
@@ -244,31 +238,14 @@ class HostRunner:
                     or self.context.options.sudo)
 
     def _hand(self, job: Callable[[], object]) -> None:
-        """Give `job` to an idle session thread, or to a new one (from any thread)."""
-        with self._lock:
-            spawn = self._idle == 0
-            if not spawn:
-                self._idle -= 1
-            else:
-                thread = threading.Thread(target=self._loop, args=(job,), daemon=True)
-                self._threads.append(thread)
-        if spawn:
-            thread.start()
-        else:
-            self._handoff.put(job)
+        """Run `job` (holding a session slot) on a session thread (from any thread)."""
+        self._crew.hand(functools.partial(self._session, job))
 
-    def _loop(self, first: Callable[[], object]) -> None:
-        job: Callable[[], object] | None = first
-        while job is not None:
-            try:
-                job()
-            finally:
-                self._sessions.release()
-            # dropped here: an idle thread must not keep a result's output alive.
-            del job
-            with self._lock:
-                self._idle += 1
-            job = self._handoff.get()
+    def _session(self, job: Callable[[], object]) -> None:
+        try:
+            job()
+        finally:
+            self._sessions.release()
 
     def _finish_kept(self, work: Work, kept: KeptCommand, on_start: Callable[[], object]
                      ) -> None:

@@ -275,7 +275,8 @@ def _handshake(
             banner_timeout=remaining, auth_timeout=remaining, channel_timeout=remaining,
             allow_agent=False, look_for_keys=False, auth_strategy=auth,
             transport_factory=functools.partial(
-                FleetTransport, on_banner=turn.release if turn is not None else None),
+                FleetTransport, on_banner=turn.release if turn is not None else None,
+                run_on=context.transport_threads.hand),
         )
     except Failure:
         raise

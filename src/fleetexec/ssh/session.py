@@ -19,6 +19,7 @@ from typing import Protocol
 
 import paramiko
 
+from ..crew import Crew
 from ..host import Host
 from ..options import Options, expand
 from ..resolve import known_hosts_files
@@ -45,6 +46,7 @@ class WorkerContext:
                  preload_key_files: Sequence[str] = ()) -> None:
         self.options = options
         self.watchdog = Watchdog()
+        self.transport_threads = Crew("fleetexec-transport")  # each connection's reader
         # Paces set-up: a burst of connects overflows accept queues.
         self.handshakes = threading.BoundedSemaphore(max(1, handshakes))
         self.bulk_readers = threading.BoundedSemaphore(BULK_READERS)
@@ -156,6 +158,7 @@ class WorkerContext:
         self.connections.clear()
         self.bastions.close()
         self.agents.close()
+        self.transport_threads.stop(wait=False)  # each ends with its connection
 
 
 def run_on_host(

@@ -152,10 +152,14 @@ class FleetTransport(paramiko.Transport):
 
     def __init__(self, sock: socket.socket | Channel, *,
                  on_banner: Callable[[], object] | None = None,
-                 early_channel: bool | None = None, **kwargs: object) -> None:
+                 early_channel: bool | None = None,
+                 run_on: Callable[[Callable[[], None]], object] | None = None,
+                 **kwargs: object) -> None:
         """`on_banner` is called (on the transport's thread) once the server's banner came;
         `early_channel` forces the channel opened behind the user-auth requests on or off
-        (default: by the server's banner, `early_channel_welcome`)."""
+        (default: by the server's banner, `early_channel_welcome`). `run_on(job)` runs
+        the transport's loop on a thread kept for it (a `Crew`'s), instead of the thread
+        of its own that paramiko starts."""
         # A smaller window than paramiko's 2 MiB: a session waiting for a bulk
         # slot absorbs at most this much, so the bulk limit really limits.
         super().__init__(sock, default_window_size=_WINDOW, packetizer_class=FleetPacketizer,
@@ -169,6 +173,9 @@ class FleetTransport(paramiko.Transport):
         self.logger = _SILENT  # type: ignore[assignment]
         self.packetizer.set_log(_SILENT)  # type: ignore[arg-type]
         self.on_banner = on_banner
+        self._run_on = run_on
+        self._running = False  # run() started on run_on's thread...
+        self._ended = threading.Event()  # ...and ended
         self._banner_read = False  # _check_banner started (our banner was written)
         self.banner_received = False
         self._kexinit_sent = False  # sent behind our banner...
@@ -179,6 +186,31 @@ class FleetTransport(paramiko.Transport):
         # under (WorkerContext.still_trusted).
         self.trusted_under: tuple[object, str] | None = None
         self._handler_table[MSG_UNIMPLEMENTED] = self._parse_unimplemented  # type: ignore[attr-defined]
+
+    # -- the transport's thread: paramiko's own, or one kept for it (run_on) --------------
+    def start(self) -> None:
+        if self._run_on is None:
+            super().start()
+            return
+        self._running = True
+        self._run_on(self._run_and_end)
+
+    def _run_and_end(self) -> None:
+        try:
+            self.run()
+        finally:
+            self._ended.set()
+
+    def is_alive(self) -> bool:
+        if self._run_on is None:
+            return super().is_alive()
+        return self._running and not self._ended.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._run_on is None:
+            super().join(timeout)
+            return
+        self._ended.wait(timeout)
 
     # -- banner and KEXINIT ------------------------------------------------------------
     def start_client(self, event: threading.Event | None = None,
