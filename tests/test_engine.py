@@ -266,6 +266,24 @@ def test_the_agent_and_its_workers_never_hold_a_secret_in_their_environment(tmp_
         subprocess.run([str(cli), "agent", "stop"], env=env, capture_output=True, timeout=30)
 
 
+@pytest.mark.parametrize("preset", [None, "4"])
+def test_workers_keep_few_malloc_arenas_unless_told_otherwise(fleet, monkeypatch, preset):
+    if preset is None:
+        monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_ARENA_MAX", preset)
+    with FleetSession(hosts_of(fleet), backend=ProcessBackend(),
+                      system_known_hosts=False) as session:
+        assert session.run("deploy")["host1"].ok
+        first = [pid for pid in _pids() if _parent(pid) == os.getpid()
+                 and b"fleetexec.backends" in _cmdline(pid)]
+        workers = [*first, *(pid for pid in _pids() if _parent(pid) in first)]
+        assert workers
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"MALLOC_ARENA_MAX={preset or 2}".encode() in environ
+
+
 def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
