@@ -91,11 +91,18 @@ def test_sigterm_to_one_client_interrupts_only_its_own_run(sshd, tmp_path, runti
     first = cli(*base[3:], "echo $SSH_CONNECTION")
     assert first.returncode == 0, first.stderr
     ports = {h["host"]: h["stdout"].split()[1] for h in json.loads(first.stdout)["hosts"]}
-    long_run = subprocess.Popen([*base, "sleep 3; echo A"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # A is running in the agent
+    started = tmp_path / "a-started"  # the sshd runs commands on this machine
+    long_run = subprocess.Popen([*base, f"touch {started}; sleep 3; echo A"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists():  # A is running in the agent
+        assert time.monotonic() < deadline and long_run.poll() is None
+        time.sleep(0.05)
     waiting = subprocess.Popen([*base, "echo B"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    while not _catches_sigterm(waiting.pid):  # a SIGTERM before that would just kill it
+        assert time.monotonic() < deadline and waiting.poll() is None
+        time.sleep(0.05)
     time.sleep(0.5)  # B waits for A's engine
     waiting.send_signal(signal.SIGTERM)
     waiting.communicate(timeout=20)
@@ -105,3 +112,13 @@ def test_sigterm_to_one_client_interrupts_only_its_own_run(sshd, tmp_path, runti
     assert [h["stdout"] for h in json.loads(out)["hosts"]] == ["A\n", "A\n"]
     again = cli(*base[3:], "echo $SSH_CONNECTION")
     assert {h["host"]: h["stdout"].split()[1] for h in json.loads(again.stdout)["hosts"]} == ports
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM (the CLI installs one to exit 130)."""
+    import signal
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
