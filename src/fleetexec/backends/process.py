@@ -85,7 +85,7 @@ class _Worker:
                                                           env.get("PYTHONPATH")]))
         # glibc gives a process with hundreds of threads up to 8 malloc arenas per core, each
         # keeping memory freed by the output that passed through it: 1000 hosts × 10 MiB
-        # peaked at 251 MiB per worker, 202-218 with 1 or 2 arenas, CPU unchanged. A worker
+        # peaked at 251 MiB per worker, 202-220 with 1 or 2 arenas, CPU unchanged. A worker
         # runs Python under the GIL, so its threads seldom allocate at the same time.
         env.setdefault("MALLOC_ARENA_MAX", "2")
         child_fds = [child.fileno() for _, child in pairs]
