@@ -190,11 +190,11 @@ def test_a_flight_of_packets_is_read_with_one_recv(
 def test_a_kept_connection_waits_in_the_kernel_and_still_looks_up_between_packets(
         pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
     client, server = pair
-    client.settimeout(1.0)  # as paramiko's Transport sets it
+    client.settimeout(0.1)  # as paramiko's Transport sets it (1 s in FleetTransport)
     packetizer = _Packetizer(client)
     looks: list[float] = []  # each timeout, the reader checks for a close and keepalives
     monkeypatch.setattr(packetizer, "_check_keepalive", lambda: looks.append(time.monotonic()))
-    packetizer.wait_in_kernel(0.1)
+    packetizer.wait_in_kernel()
     assert client.gettimeout() is None  # no poll before each call now
     threading.Timer(0.45, lambda: server.sendall(_plain_packets(1))).start()
     assert packetizer.read_message()[1].get_text() == "packet 0"

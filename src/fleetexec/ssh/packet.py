@@ -107,15 +107,16 @@ class FleetPacketizer(Packetizer):
             out += got
         return out
 
-    def wait_in_kernel(self, seconds: float) -> None:
-        """From now on, the socket's calls wait in the kernel, at most `seconds` each
+    def wait_in_kernel(self) -> None:
+        """From now on, the socket's calls wait in the kernel, as long as its timeout
         (SO_RCVTIMEO, SO_SNDTIMEO), not in a poll Python makes before each of them:
         one GIL hand-off per call instead of two. Only for a connection past its
         handshake (paramiko's banner read knows only Python's timeouts); the reads
         above take the kernel's EAGAIN as their timeout, paramiko's writes retry on it.
         Not for a bastion's channel or a ProxyCommand: those are not sockets."""
         sock = getattr(self, _SOCKET)
-        if not isinstance(sock, socket.socket) or sock.gettimeout() is None:
+        seconds = sock.gettimeout() if isinstance(sock, socket.socket) else None
+        if not seconds:  # not a socket, or waiting in the kernel already
             return
         wait = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, wait)

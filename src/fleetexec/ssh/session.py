@@ -254,6 +254,7 @@ class KeptCommand:
 
     def __init__(self, host: Host, command: str, context: WorkerContext) -> None:
         self.host, self.command, self.context = host, command, context
+        self._attempt_at = functools.partial(_Command, host, command, context, None, None)
         self.on_ready: Callable[[], object] = lambda: None  # set before `start`
         self._lock = threading.Lock()
         self._awaited = 2  # `start` done, and the first output or end: in either order
@@ -270,8 +271,7 @@ class KeptCommand:
         if client is None or not context.still_trusted(host, client):
             return False  # run_on_host closes an untrusted one and connects afresh
         del context.connections[identity]
-        attempt = _Command(host, self.command, context, None, None, time.time(),
-                           time.monotonic())
+        attempt = self._attempt_at(time.time(), time.monotonic())
         try:
             running = start_command(client, host, self.command, context, attempt.out,
                                     attempt.err, attempt.finish, on_first=self._ready)
@@ -302,11 +302,7 @@ class KeptCommand:
             result = running if isinstance(running, HostResult) else running.end()  # type: ignore[union-attr]
         except StaleConnection:  # it died while idle; the command never started: reconnect
             close_client(client)
-
-            def make(started: float, begin: float) -> _Command:
-                return _Command(host, self.command, context, None, None, started, begin)
-
-            return _over_new_connection(host, context, make, True, on_start)
+            return _over_new_connection(host, context, self._attempt_at, True, on_start)
         except Exception as error:  # a bug or an unforeseen paramiko error: still a value
             close_client(client)
             return attempt.finish(Status.ERROR, f"unexpected {type(error).__name__}: {error}")
@@ -336,7 +332,7 @@ def _keep_or_close(
     if reuse and transport is not None and transport.is_active() and result.status.ran:
         if isinstance(transport, FleetTransport):
             # A kept connection's commands are a few socket calls each: no poll before them.
-            transport.packetizer.wait_in_kernel(transport._active_check_timeout)
+            transport.packetizer.wait_in_kernel()
         context.connections[_identity(host)] = client
     else:
         close_client(client)
