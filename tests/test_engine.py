@@ -230,6 +230,36 @@ def test_leaving_a_stream_early_cancels_and_the_session_still_works(fleet):
 # ---- nothing in the working directory runs --------------------------------------------------
 
 
+def test_closing_a_worker_channel_while_its_pump_reads_ends_the_read_cleanly():
+    """CI caught a worker's pump thread dying with a ValueError: its buffered reader was
+    closed from another thread in the middle of a read. One race in a few hundred."""
+    import socket
+
+    from fleetexec.backends.worker import Channel
+
+    failures: list[BaseException] = []
+    for messages in range(300):
+        ours, theirs = socket.socketpair()
+        channel, worker_end = Channel(ours), Channel(theirs)
+
+        def pump(channel: Channel = channel) -> None:
+            try:
+                while channel.receive() is not None:
+                    pass
+            except BaseException as error:  # noqa: BLE001 - collected for the assert
+                failures.append(error)
+
+        reader = threading.Thread(target=pump)
+        reader.start()
+        for _ in range(messages % 5):
+            worker_end.send("x" * 100)
+        worker_end.close()
+        channel.close()
+        reader.join(5)
+        assert not reader.is_alive()
+    assert failures == []
+
+
 def test_shadowing_packages_in_the_working_directory_never_run(tmp_path):
     marker = tmp_path / "ran"
     for package in ("multiprocessing", "fleetexec", "paramiko"):

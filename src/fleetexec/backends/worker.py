@@ -10,6 +10,7 @@ child it started, never a socket anyone else can reach.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -292,13 +293,17 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._reader = sock.makefile("rb")
-        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        # Closing a buffered reader while another thread is inside its read frees the
+        # buffer under that read (a ValueError from CPython, seen in CI): `close` wakes
+        # the reader with a shutdown and closes it only once no read is running.
+        self._reading = threading.Lock()
 
     def send(self, message: object) -> None:
         """Send one message (raises `OSError` if the other end is gone)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         header = self._HEADER.pack(len(data))
-        with self._lock:
+        with self._sending:
             if len(data) < _JOIN_BELOW:
                 self.sock.sendall(header + data)
             else:  # a result with megabytes of output: not copied once more to join them
@@ -307,20 +312,26 @@ class Channel:
 
     def receive(self) -> object | None:
         """The next message, or None when the other end has gone."""
-        try:
-            header = self._reader.read(self._HEADER.size)
-            if len(header) < self._HEADER.size:
+        with self._reading:
+            if self._reader.closed:
                 return None
-            data = self._reader.read(self._HEADER.unpack(header)[0])
-        except OSError:
-            return None
+            try:
+                header = self._reader.read(self._HEADER.size)
+                if len(header) < self._HEADER.size:
+                    return None
+                data = self._reader.read(self._HEADER.unpack(header)[0])
+            except OSError:
+                return None
         # Only our own parent or child holds the other end of this socketpair.
         message: object = pickle.loads(data)  # noqa: S301
         return message
 
     def close(self) -> None:
-        """Close both directions."""
-        self._reader.close()
+        """Close both directions; a `receive` running in another thread returns None."""
+        with contextlib.suppress(OSError):  # already shut down or closed
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with self._reading:
+            self._reader.close()
         self.sock.close()
 
 
