@@ -27,11 +27,12 @@ def test_a_thread_whose_job_ended_takes_the_next_job() -> None:
     crew = Crew("test")
     first = _ran_on(crew)
     assert first.wait(10)
-    for _ in range(50):  # until it is back waiting (it counts itself idle after the job)
-        second = _ran_on(crew)
-        assert second.wait(10)
-        if crew.size() == 1:
+    for _ in range(1000):  # it counts itself idle just after its job returned
+        if crew.idle() == 1:
             break
+        threading.Event().wait(0.01)
+    second = _ran_on(crew)
+    assert second.wait(10)
     assert crew.size() == 1 and second.thread == first.thread  # type: ignore[attr-defined]
     crew.stop()
 

@@ -52,6 +52,11 @@ class Crew:
         with self._lock:
             return len(self._threads)
 
+    def idle(self) -> int:
+        """How many threads wait for a job."""
+        with self._lock:
+            return self._idle
+
     def stop(self, wait: bool = True) -> None:
         """Let each thread end once its job has (with `wait`, wait for that; again on a
         second call). A job handed later gets a thread of its own."""
