@@ -233,6 +233,8 @@ def measure(argv: list[str], sshd_pid: int, workdir: Path) -> dict[str, Any]:
         "other_cpu": round(max(0.0, machine_busy() - busy0 - cpu - sshd_cpu), 3),
         # re-parented descendants (fleetexec: forkserver + its workers), included in "cpu"
         "orphans": len(orphans), "orphan_cpu": round(_cpu(orphans), 4), "leaked": leaked,
+        # voluntary context switches of the client's tree: its threads waiting (GIL, sockets)
+        "vcsw": sum(u.ru_nvcsw for u in [usage, *orphans]),
         "load": load,
     }
 
