@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import bench
+
 from fleetexec.testing.sshd import OpenSSHServer
 
 CLIENTS = ("fleetexec, 1 process", "fleetexec, default processes", "asyncssh")
