@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from fleetexec import ConfigError, FleetSession, Host, Options, Status
 from fleetexec.backends import Backend
 from fleetexec.backends.inprocess import InProcessBackend
 from fleetexec.backends.process import ProcessBackend
+from fleetexec.backends.worker import Channel
 from fleetexec.cli import main
 from fleetexec.inventory import parse_inventory
 from fleetexec.resolve import resolve
@@ -227,16 +229,9 @@ def test_leaving_a_stream_early_cancels_and_the_session_still_works(fleet):
     assert again["host1"].ok and again["host3"].status is Status.FAILED
 
 
-# ---- nothing in the working directory runs --------------------------------------------------
-
-
 def test_closing_a_worker_channel_while_its_pump_reads_ends_the_read_cleanly():
     """CI caught a worker's pump thread dying with a ValueError: its buffered reader was
     closed from another thread in the middle of a read. One race in a few hundred."""
-    import socket
-
-    from fleetexec.backends.worker import Channel
-
     failures: list[BaseException] = []
     for messages in range(300):
         ours, theirs = socket.socketpair()
@@ -258,6 +253,18 @@ def test_closing_a_worker_channel_while_its_pump_reads_ends_the_read_cleanly():
         reader.join(5)
         assert not reader.is_alive()
     assert failures == []
+
+
+def test_a_message_cut_off_by_a_dying_worker_ends_the_channel_not_the_reader():
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours)
+    theirs.sendall((1000).to_bytes(4, "big") + b"\x80\x05partial")  # a frame cut short
+    theirs.close()
+    assert channel.receive() is None
+    channel.close()
+
+
+# ---- nothing in the working directory runs --------------------------------------------------
 
 
 def test_shadowing_packages_in_the_working_directory_never_run(tmp_path):

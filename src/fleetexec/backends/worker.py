@@ -319,8 +319,11 @@ class Channel:
                 header = self._reader.read(self._HEADER.size)
                 if len(header) < self._HEADER.size:
                     return None
-                data = self._reader.read(self._HEADER.unpack(header)[0])
+                size = self._HEADER.unpack(header)[0]
+                data = self._reader.read(size)
             except OSError:
+                return None
+            if len(data) < size:  # cut off: the other end died or was closed mid-message
                 return None
         # Only our own parent or child holds the other end of this socketpair.
         message: object = pickle.loads(data)  # noqa: S301
